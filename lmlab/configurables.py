@@ -1,0 +1,14 @@
+"""Registers lmlab's typed configs and constructors with gin.
+
+Model code stays free of gin: its config dataclasses are registered here, from
+the outside, under short names that gin files use (``EncoderConfig.d_model``).
+Importing this module is enough to make every lmlab configurable known, which
+is what lets gin reject a misspelt name at parse time.
+"""
+
+import gin
+
+from lmlab import model_wrappers, optimizers, run_config, runs  # noqa: F401  (registers)
+from lmlab.models import config as model_config
+
+gin.external_configurable(model_config.EncoderConfig, name="EncoderConfig")

@@ -1,0 +1,118 @@
+"""Command line: ``python -m lmlab.main --gin_file=... [--gin.NAME=VALUE ...]``.
+
+A thin dispatcher: parse flags, parse gin (later files win, then bindings),
+call ``lmlab.runs.run``. Errors a user can fix are printed as one clear
+message instead of a traceback (set LMLAB_TRACEBACK=1 for the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pathlib
+import sys
+from typing import Optional, Sequence
+
+import gin
+
+GIN_MACRO_PREFIX = "--gin."
+
+
+def default_gin_search_paths() -> list[str]:
+  """The repo's ``gin/`` folder (editable installs) and the installed copy."""
+  candidates = [
+      pathlib.Path(__file__).resolve().parent.parent / "gin",
+      pathlib.Path(sys.prefix) / "share" / "lmlab" / "gin",
+  ]
+  return [str(p) for p in candidates if p.is_dir()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="python -m lmlab.main",
+      description="Pretrain, evaluate or run inference with a gin-configured lmlab model.",
+      epilog="Any --gin.NAME=VALUE binds gin macro or parameter NAME, e.g. --gin.TRAIN_STEPS=100 "
+             "or --gin.MODEL_DIR='\"/tmp/run\"'.")
+  parser.add_argument("--gin_file", action="append", default=[],
+                      help="Gin file (repeatable; later files win). Relative paths are also "
+                           "looked up in the gin search paths, e.g. runs/quickstart.gin.")
+  parser.add_argument("--gin_bindings", action="append", default=[],
+                      help="Gin binding such as 'TrainConfig.batch_size = 64' (repeatable).")
+  parser.add_argument("--gin_search_paths", action="append", default=[],
+                      help="Extra folders (comma-separated, repeatable) searched for gin files.")
+  parser.add_argument("--run_mode", default="train", choices=("train", "eval", "infer"))
+  parser.add_argument("--tfds_data_dir", default=None,
+                      help="Directory of prepared TFDS datasets (for tasks such as lmlab.c4_mlm).")
+  return parser
+
+
+def split_gin_macro_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """Separates ``--gin.NAME=VALUE`` flags (as gin bindings) from the rest."""
+  rest, bindings = [], []
+  for arg in argv:
+    if arg.startswith(GIN_MACRO_PREFIX):
+      name, sep, value = arg[len(GIN_MACRO_PREFIX):].partition("=")
+      if not sep or not name:
+        raise ValueError(f"Flag {arg!r} must look like --gin.NAME=VALUE.")
+      bindings.append(f"{name} = {value}")
+    else:
+      rest.append(arg)
+  return rest, bindings
+
+
+def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str]) -> None:
+  """Parses gin files then bindings; unknown names fail here with file and line."""
+  from lmlab import configurables  # noqa: F401  pylint: disable=g-import-not-at-top
+  for path in [*search_paths, *default_gin_search_paths()]:
+    gin.add_config_file_search_path(path)
+  gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=True)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> object:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  try:
+    rest, macro_bindings = split_gin_macro_flags(argv)
+    args = build_parser().parse_args(rest)
+    if not args.gin_file:
+      raise ValueError("No --gin_file given: try --gin_file=runs/quickstart.gin.")
+    search = [p for group in args.gin_search_paths for p in group.split(",") if p]
+    bindings = [*args.gin_bindings, *macro_bindings, f"run.run_mode = {args.run_mode!r}"]
+    if args.tfds_data_dir:
+      bindings.append(f"DataConfig.tfds_data_dir = {args.tfds_data_dir!r}")
+    parse_gin(args.gin_file, bindings, search)
+    from lmlab import runs  # pylint: disable=g-import-not-at-top
+    result = runs.run()
+  except (ValueError, FileNotFoundError, PermissionError, KeyError, RuntimeError, IOError) as e:
+    if os.environ.get("LMLAB_TRACEBACK"):
+      raise
+    print(f"lmlab: error: {e}", file=sys.stderr)
+    raise SystemExit(2) from None
+  print_summary(result)
+  return result
+
+
+def print_summary(result: object) -> None:
+  """One readable block at the end of a run."""
+  from lmlab.trainer import TrainSummary  # pylint: disable=g-import-not-at-top
+  if isinstance(result, TrainSummary):
+    lines = [f"steps {result.start_step} -> {result.final_step} in {result.seconds:.1f} s "
+             f"({result.tokens_per_second:,.0f} tokens/s)"]
+    if result.first_train_loss is not None:
+      lines.append(f"train loss {result.first_train_loss:.4f} -> {result.final_train_loss:.4f}")
+    if result.initial_eval and result.final_eval:
+      lines.append(f"eval loss {result.initial_eval['loss']:.4f} -> {result.final_eval['loss']:.4f} "
+                   f"(accuracy {result.final_eval['accuracy']:.3f})")
+    elif result.final_eval:
+      lines.append(f"eval loss {result.final_eval['loss']:.4f}")
+    lines.append(f"checkpoint step {result.checkpoint_step}")
+  elif isinstance(result, list):
+    lines = [f"{r['input']}\n  -> {r['filled']}" for r in result]
+  else:
+    lines = [str(result)]
+  print("== lmlab summary ==\n" + "\n".join(lines))
+
+
+if __name__ == "__main__":
+  main()

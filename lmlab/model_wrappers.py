@@ -1,0 +1,105 @@
+"""Model wrappers: loss, metrics and prediction around pure Flax networks.
+
+This is the T5X "models.py" role. The networks in ``lmlab.models`` only map
+tokens to logits; a wrapper knows which batch features a family consumes, how
+its loss is normalised and what its metrics are, so the trainer stays
+model-agnostic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Optional
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import optax
+
+from lmlab.models import EncoderConfig, EncoderForMaskedLM
+
+Batch = Mapping[str, jnp.ndarray]
+Params = Any
+
+MLM_FEATURES = ("input_ids", "targets", "loss_weights", "segment_ids", "positions")
+
+
+def weighted_cross_entropy(logits: jnp.ndarray, targets: jnp.ndarray,
+                           weights: jnp.ndarray) -> dict[str, jnp.ndarray]:
+  """Summed token cross-entropy and accuracy over positions with weight > 0.
+
+  Sums (not means) are returned so that gradient accumulation and data
+  parallelism can add them up and normalise once by the total weight.
+  """
+  logits = logits.astype(jnp.float32)
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+  return {
+      "loss_sum": jnp.sum(losses * weights),
+      "correct_sum": jnp.sum(correct * weights),
+      "weight_sum": jnp.sum(weights),
+  }
+
+
+@gin.configurable
+class MaskedLMModel:
+  """BERT-style masked-language-model pretraining around ``EncoderForMaskedLM``."""
+
+  features = MLM_FEATURES
+
+  def __init__(self, config: EncoderConfig = gin.REQUIRED):
+    self.config = config
+
+  def with_vocab_size(self, vocab_size: int) -> "MaskedLMModel":
+    """Fills in ``config.vocab_size`` from the task's vocabulary if unset."""
+    if self.config.vocab_size is None:
+      return type(self)(self.config.with_vocab_size(vocab_size))
+    if self.config.vocab_size < vocab_size:
+      raise ValueError(
+          f"EncoderConfig.vocab_size={self.config.vocab_size} is smaller than the task's vocabulary "
+          f"({vocab_size} ids); leave vocab_size unset to take it from the task.")
+    return self
+
+  @property
+  def module(self) -> nn.Module:
+    return EncoderForMaskedLM(self.config)
+
+  def init(self, rng: jax.Array, batch_size: int, sequence_length: int) -> Params:
+    """Parameters (boxed with logical axis names) for inputs of the given shape."""
+    ids = jnp.ones((batch_size, sequence_length), jnp.int32)
+    variables = self.module.init({"params": rng, "dropout": rng}, ids, deterministic=True)
+    return variables["params"]
+
+  def apply(self, params: Params, batch: Batch, *, dropout_rng: Optional[jax.Array] = None) -> jnp.ndarray:
+    """MLM logits for a batch; dropout is active when ``dropout_rng`` is given."""
+    rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
+    return self.module.apply(
+        {"params": params}, batch["input_ids"], segment_ids=batch["segment_ids"],
+        positions=batch["positions"], deterministic=dropout_rng is None, rngs=rngs)
+
+  def loss_sums(self, params: Params, batch: Batch,
+                dropout_rng: Optional[jax.Array] = None) -> dict[str, jnp.ndarray]:
+    """Summed loss, correct predictions and weight over the batch's masked tokens."""
+    logits = self.apply(params, batch, dropout_rng=dropout_rng)
+    sums = weighted_cross_entropy(logits, batch["targets"], batch["loss_weights"])
+    sums["token_count"] = jnp.sum(batch["segment_ids"] > 0).astype(jnp.float32)
+    return sums
+
+  def predict(self, params: Params, batch: Batch, top_k: int = 5) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Top-k token ids and their probabilities at every position."""
+    logits = self.apply(params, batch)
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    top_probs, top_ids = jax.lax.top_k(probs, top_k)
+    return top_ids, top_probs
+
+
+def metrics_from_sums(sums: Mapping[str, Any]) -> dict[str, float]:
+  """Loss, accuracy and perplexity from summed statistics."""
+  weight = max(float(sums["weight_sum"]), 1e-9)
+  loss = float(sums["loss_sum"]) / weight
+  return {
+      "loss": loss,
+      "accuracy": float(sums["correct_sum"]) / weight,
+      "perplexity": float(jnp.exp(jnp.minimum(loss, 50.0))),
+  }

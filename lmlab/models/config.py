@@ -1,0 +1,124 @@
+"""Typed configuration for the BERT-family encoder.
+
+The config is a frozen dataclass so it can be hashed, compared and written
+into a run directory. Gin binds its fields (see ``lmlab/configurables.py``);
+the network modules take it as their only hyper-parameter argument.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import jax.numpy as jnp
+
+MLP_ACTIVATIONS = ("gelu", "relu", "silu", "gated_gelu", "gated_silu")
+NORM_TYPES = ("layernorm", "rmsnorm")
+NORM_POSITIONS = ("post", "pre")
+POSITION_SCHEMES = ("learned", "rope", "alibi")
+ATTENTION_BACKENDS = ("xla",)
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+  """Hyper-parameters of a BERT-style bidirectional Transformer encoder.
+
+  Attributes:
+    vocab_size: Embedding rows. ``None`` means "take it from the task's
+      vocabulary" (the model wrapper fills it in, rounded up to a multiple of
+      128 for efficient matmuls).
+    d_model: Width of the residual stream.
+    num_layers: Number of Transformer blocks.
+    num_heads: Attention heads per block.
+    head_dim: Width of one head; ``None`` means ``d_model // num_heads``.
+    d_ff: Hidden width of the MLP.
+    mlp_activation: ``gelu``/``relu``/``silu`` or a gated variant
+      (``gated_gelu``/``gated_silu``, GLU-style with two input projections).
+    norm_type: ``layernorm`` (with mean subtraction and bias when
+      ``use_bias``) or ``rmsnorm``.
+    norm_position: ``post`` (original BERT: norm after each residual add) or
+      ``pre`` (norm before each sub-layer and once after the last block).
+    norm_eps: Epsilon of every norm.
+    position_scheme: ``learned`` absolute embeddings, ``rope`` rotary
+      embeddings on queries and keys, or ``alibi`` linear attention biases.
+    max_positions: Longest sequence the model accepts; longer inputs raise.
+    rope_theta: Base of the rotary frequencies.
+    use_bias: Biases in dense layers and norms.
+    num_token_types: Rows of the token-type (sentence A/B) embedding; 0
+      disables it.
+    embedding_norm: Normalise the summed embeddings (BERT does).
+    dropout_rate: Dropout on embeddings, sub-layer outputs and MLP hidden.
+    attention_dropout_rate: Dropout on attention probabilities.
+    tie_output_embedding: MLM decoder reuses the input embedding matrix.
+    dtype: Compute/activation dtype.
+    param_dtype: Storage dtype of parameters.
+    attention_backend: Name of the attention implementation
+      (see ``lmlab.models.attention``).
+    initializer_range: Standard deviation of the truncated-normal init.
+    pad_id: Token id of padding; positions holding it are never attended to
+      when no segment ids are given.
+  """
+
+  vocab_size: Optional[int] = None
+  d_model: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  head_dim: Optional[int] = None
+  d_ff: int = 3072
+  mlp_activation: str = "gelu"
+  norm_type: str = "layernorm"
+  norm_position: str = "post"
+  norm_eps: float = 1e-12
+  position_scheme: str = "learned"
+  max_positions: int = 512
+  rope_theta: float = 10000.0
+  use_bias: bool = True
+  num_token_types: int = 2
+  embedding_norm: bool = True
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  tie_output_embedding: bool = True
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  attention_backend: str = "xla"
+  initializer_range: float = 0.02
+  pad_id: int = 0
+
+  def __post_init__(self):
+    choices = {
+        "mlp_activation": MLP_ACTIVATIONS,
+        "norm_type": NORM_TYPES,
+        "norm_position": NORM_POSITIONS,
+        "position_scheme": POSITION_SCHEMES,
+        "attention_backend": ATTENTION_BACKENDS,
+        "dtype": DTYPES,
+        "param_dtype": DTYPES,
+    }
+    for name, allowed in choices.items():
+      value = getattr(self, name)
+      if value not in allowed:
+        raise ValueError(f"EncoderConfig.{name}={value!r} is not one of {allowed}.")
+    if self.head_dim is None and self.d_model % self.num_heads:
+      raise ValueError(
+          f"EncoderConfig.d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
+          "set head_dim explicitly or choose a divisible width.")
+    if self.position_scheme == "rope" and self.resolved_head_dim % 2:
+      raise ValueError(f"RoPE needs an even head_dim, got {self.resolved_head_dim}.")
+
+  @property
+  def resolved_head_dim(self) -> int:
+    return self.head_dim or self.d_model // self.num_heads
+
+  @property
+  def compute_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype)
+
+  @property
+  def parameter_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.param_dtype)
+
+  def with_vocab_size(self, vocab_size: int, multiple: int = 128) -> "EncoderConfig":
+    """Returns a copy whose vocab_size is ``vocab_size`` rounded up to ``multiple``."""
+    padded = -(-vocab_size // multiple) * multiple
+    return dataclasses.replace(self, vocab_size=padded)

@@ -1,0 +1,93 @@
+"""Optimizers and learning-rate schedules built from optax.
+
+Everything here is plain optax: a gin-bound ``OptimizerConfig`` picks the
+schedule shape and AdamW hyper-parameters, and ``make_optimizer`` chains
+gradient clipping with AdamW whose weight decay skips biases and norm scales
+(the BERT/RoBERTa convention).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import gin
+import jax
+import optax
+
+SCHEDULES = ("linear", "cosine", "constant", "inverse_sqrt")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """AdamW and schedule hyper-parameters.
+
+  Attributes:
+    learning_rate: Peak learning rate, reached at the end of warmup.
+    schedule: Decay after warmup: ``linear`` to ``end_lr_fraction * peak`` at
+      the last step, ``cosine`` to the same floor, ``constant``, or
+      ``inverse_sqrt`` (T5-style 1/sqrt(step) after warmup).
+    warmup_steps: Linear warmup from 0 to the peak.
+    end_lr_fraction: Final learning rate as a fraction of the peak.
+    weight_decay: Decoupled weight decay (not applied to biases or norms).
+    b1: Adam first-moment decay.
+    b2: Adam second-moment decay.
+    eps: Adam epsilon.
+    clip_grad_norm: Clip the global gradient norm to this value; ``None`` or
+      0 disables clipping.
+  """
+
+  learning_rate: float = 1e-3
+  schedule: str = "linear"
+  warmup_steps: int = 0
+  end_lr_fraction: float = 0.0
+  weight_decay: float = 0.01
+  b1: float = 0.9
+  b2: float = 0.98
+  eps: float = 1e-6
+  clip_grad_norm: Optional[float] = 1.0
+
+  def __post_init__(self):
+    if self.schedule not in SCHEDULES:
+      raise ValueError(f"OptimizerConfig.schedule={self.schedule!r} is not one of {SCHEDULES}.")
+    if self.warmup_steps < 0 or self.learning_rate <= 0:
+      raise ValueError("OptimizerConfig needs learning_rate > 0 and warmup_steps >= 0, got "
+                       f"learning_rate={self.learning_rate}, warmup_steps={self.warmup_steps}.")
+
+
+def make_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
+  """Learning rate as a function of the step: warmup, then the chosen decay."""
+  peak, warmup = config.learning_rate, config.warmup_steps
+  decay_steps = max(total_steps - warmup, 1)
+  floor = peak * config.end_lr_fraction
+  if config.schedule == "linear":
+    decay = optax.linear_schedule(peak, floor, decay_steps)
+  elif config.schedule == "cosine":
+    decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=config.end_lr_fraction)
+  elif config.schedule == "inverse_sqrt":
+    start = max(warmup, 1)
+    decay = lambda step: peak * (start / (step + start))**0.5
+  else:
+    decay = optax.constant_schedule(peak)
+  if warmup == 0:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def decay_mask(params: Any) -> Any:
+  """True for matrices and embeddings, False for vectors (biases, norm scales)."""
+  return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
+  """Gradient clipping followed by AdamW with masked weight decay."""
+  schedule = make_schedule(config, total_steps)
+  parts = []
+  if config.clip_grad_norm:
+    parts.append(optax.clip_by_global_norm(config.clip_grad_norm))
+  parts.append(
+      optax.adamw(
+          schedule, b1=config.b1, b2=config.b2, eps=config.eps,
+          weight_decay=config.weight_decay, mask=decay_mask))
+  return optax.chain(*parts)

@@ -1,0 +1,81 @@
+"""Typed, gin-bound configuration of a run: data, training loop, checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import gin
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Which seqio task or mixture feeds the run, and how.
+
+  Attributes:
+    mixture_or_task_name: Registered seqio name, e.g. ``lmlab.embedded_mlm``.
+    sequence_length: Tokens per packed row.
+    train_split: Split used for training.
+    eval_split: Split used for evaluation.
+    shuffle: Shuffle training data (evaluation data is never shuffled).
+    seed: Seed of shuffling and of dynamic masking.
+    tfds_data_dir: Where TFDS-backed tasks find prepared data (None: the TFDS
+      default, ``~/tensorflow_datasets``).
+  """
+
+  mixture_or_task_name: str = gin.REQUIRED
+  sequence_length: int = 128
+  train_split: str = "train"
+  eval_split: str = "validation"
+  shuffle: bool = True
+  seed: int = 0
+  tfds_data_dir: Optional[str] = None
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """The training loop, evaluation cadence and checkpoint policy.
+
+  Attributes:
+    model_dir: Where checkpoints, metrics, the resolved config and
+      predictions go. A run started again on the same directory resumes.
+    train_steps: Total optimizer steps (including steps already done before a
+      resume).
+    batch_size: Global batch (rows per optimizer step, all devices and
+      micro-batches together).
+    grad_accum_steps: Micro-batches per step; must divide batch_size.
+    eval_every: Evaluate every this many steps (0: only at the end).
+    eval_steps: Batches per evaluation (0: the whole eval split).
+    eval_batch_size: Rows per evaluation batch (None: batch_size).
+    checkpoint_every: Save every this many steps (the last step is always
+      saved).
+    keep_checkpoints: Keep only the newest N checkpoints.
+    async_checkpointing: Write checkpoints in the background.
+    log_every: Write training metrics every this many steps.
+    seed: Seed of parameter init and dropout.
+    progress_bar: Show a tqdm bar with throughput and ETA.
+  """
+
+  model_dir: str = gin.REQUIRED
+  train_steps: int = gin.REQUIRED
+  batch_size: int = 32
+  grad_accum_steps: int = 1
+  eval_every: int = 0
+  eval_steps: int = 20
+  eval_batch_size: Optional[int] = None
+  checkpoint_every: int = 1000
+  keep_checkpoints: int = 3
+  async_checkpointing: bool = True
+  log_every: int = 50
+  seed: int = 0
+  progress_bar: bool = True
+
+  def __post_init__(self):
+    if self.batch_size % self.grad_accum_steps:
+      raise ValueError(
+          f"TrainConfig.batch_size={self.batch_size} is not divisible by "
+          f"grad_accum_steps={self.grad_accum_steps}.")
+    if self.train_steps < 0 or self.log_every <= 0 or self.checkpoint_every <= 0:
+      raise ValueError("TrainConfig needs train_steps >= 0, log_every > 0 and checkpoint_every > 0.")

@@ -1,0 +1,161 @@
+"""Run modes: train, eval and infer, assembled from gin-bound configs.
+
+Each mode wires data (seqio), a model wrapper and the trainer together; none
+of them contains training or model logic of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Optional, Sequence
+
+import gin
+import jax
+import numpy as np
+
+from lmlab.model_wrappers import MaskedLMModel
+from lmlab.optimizers import OptimizerConfig
+from lmlab.run_config import DataConfig, TrainConfig
+from lmlab.trainer import Trainer, TrainSummary, ensure_writable, evaluate, make_eval_step
+
+logger = logging.getLogger(__name__)
+RUN_MODES = ("train", "eval", "infer")
+
+
+def _data_api():
+  # Imported lazily: it pulls in TensorFlow and registers the lmlab tasks.
+  from lmlab.data import pipeline, tasks  # noqa: F401  pylint: disable=g-import-not-at-top
+  return pipeline
+
+
+def _numpy_batches(dataset):
+  return ({k: v._numpy() for k, v in batch.items()} for batch in dataset)  # pylint: disable=protected-access
+
+
+def _eval_batches(data: DataConfig, batch_size: int):
+  pipeline = _data_api()
+  dataset = pipeline.get_dataset(
+      data.mixture_or_task_name, data.eval_split, data.sequence_length, batch_size,
+      shuffle=False, seed=data.seed, repeat=False, shard_id=jax.process_index(),
+      num_shards=jax.process_count(), tfds_data_dir=data.tfds_data_dir)
+  return lambda: dataset.as_numpy_iterator()
+
+
+def _write_config(model_dir: str, filename: str, text: str) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(model_dir, filename), "w", encoding="utf-8") as f:
+      f.write(text)
+
+
+def prepare(model: Optional[MaskedLMModel], data: DataConfig, model_dir: str) -> MaskedLMModel:
+  """Validates the task and MODEL_DIR, and sizes the model's vocabulary."""
+  pipeline = _data_api()
+  pipeline.get_task_or_mixture(data.mixture_or_task_name)  # unknown names fail here, early
+  ensure_writable(model_dir)
+  model = model or MaskedLMModel()
+  return model.with_vocab_size(pipeline.vocabulary_for(data.mixture_or_task_name).vocab_size)
+
+
+def train(model: MaskedLMModel, data: DataConfig, config: TrainConfig,
+          optimizer: OptimizerConfig) -> TrainSummary:
+  """Pretrains ``model`` on ``data``, resuming from ``config.model_dir`` if it holds checkpoints."""
+  pipeline = _data_api()
+  per_process_batch = config.batch_size // jax.process_count()
+  dataset = pipeline.get_dataset(
+      data.mixture_or_task_name, data.train_split, data.sequence_length, per_process_batch,
+      shuffle=data.shuffle, seed=data.seed, repeat=True, shard_id=jax.process_index(),
+      num_shards=jax.process_count(), tfds_data_dir=data.tfds_data_dir)
+  iterator = iter(dataset)
+  eval_batches = None
+  if data.eval_split:
+    eval_batches = _eval_batches(data, config.eval_batch_size or config.batch_size)
+  trainer = Trainer(model, optimizer, config)
+  summary = trainer.train(_numpy_batches(iterator), data_iterator=iterator,
+                          eval_batches=eval_batches, sequence_length=data.sequence_length)
+  _write_config(config.model_dir, "config.operative.gin", gin.operative_config_str())
+  return summary
+
+
+def restore_params(model: MaskedLMModel, config: TrainConfig, sequence_length: int):
+  """Step and parameters of the newest checkpoint in MODEL_DIR (error if there is none).
+
+  The optimizer config comes from gin, as in training, so the restored state
+  has the structure the checkpoint was written with.
+  """
+  trainer = Trainer(model, OptimizerConfig(), config)
+  if trainer.checkpointer.latest_step() is None:
+    raise FileNotFoundError(
+        f"No checkpoint in {trainer.checkpointer.directory}: train first (--run_mode=train) or "
+        "point --gin.MODEL_DIR at a directory holding a trained run.")
+  state, _ = trainer.initial_state(sequence_length)
+  trainer.checkpointer.close()
+  return int(state.step), state.params
+
+
+def run_eval(model: MaskedLMModel, data: DataConfig, config: TrainConfig) -> dict:
+  """Scores the newest checkpoint on the eval split and writes eval_results.json."""
+  step, params = restore_params(model, config, data.sequence_length)
+  metrics = evaluate(jax.jit(make_eval_step(model)), params,
+                     _eval_batches(data, config.eval_batch_size or config.batch_size)(), 0)
+  result = {"step": step, "task": data.mixture_or_task_name, "split": data.eval_split, **metrics}
+  _write_config(config.model_dir, "eval_results.json", json.dumps(result, indent=2) + "\n")
+  return result
+
+
+@gin.configurable
+def fill_mask_inputs(texts: Sequence[str] = ("In the beginning God created the <mask> and the earth.",)):
+  """Texts for ``--run_mode=infer``; each ``<mask>`` marks a token to predict."""
+  return list(texts)
+
+
+def run_infer(model: MaskedLMModel, data: DataConfig, config: TrainConfig, top_k: int = 5) -> list[dict]:
+  """Fills ``<mask>`` slots with the newest checkpoint; writes inference/fill_mask.jsonl."""
+  from lmlab.data import vocabularies  # pylint: disable=g-import-not-at-top
+  pipeline = _data_api()
+  vocab = pipeline.vocabulary_for(data.mixture_or_task_name)
+  mask = vocabularies.mask_id(vocab)
+  step, params = restore_params(model, config, data.sequence_length)
+  results = []
+  for text in fill_mask_inputs():
+    ids: list[int] = []
+    for i, piece in enumerate(text.split("<mask>")):
+      if i:
+        ids.append(mask)
+      ids.extend(vocab.encode(piece.strip()) if piece.strip() else [])
+    if len(ids) > data.sequence_length:
+      raise ValueError(f"Inference text has {len(ids)} tokens, more than sequence_length="
+                       f"{data.sequence_length}: shorten it or raise DataConfig.sequence_length.")
+    row = np.zeros((1, data.sequence_length), np.int32)
+    row[0, :len(ids)] = ids
+    batch = {"input_ids": row, "segment_ids": (row > 0).astype(np.int32),
+             "positions": np.arange(data.sequence_length, dtype=np.int32)[None]}
+    top_ids, top_probs = jax.device_get(model.predict(params, batch, top_k))
+    filled = list(ids)
+    candidates = []
+    for pos in [p for p, t in enumerate(ids) if t == mask]:
+      filled[pos] = int(top_ids[0, pos, 0])
+      candidates.append([[vocab.decode([int(t)]), float(p)] for t, p in zip(top_ids[0, pos], top_probs[0, pos])])
+    results.append({"input": text, "filled": vocab.decode(filled), "candidates": candidates, "step": step})
+  if jax.process_index() == 0:
+    out_dir = os.path.join(config.model_dir, "inference")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "fill_mask.jsonl"), "w", encoding="utf-8") as f:
+      f.writelines(json.dumps(r) + "\n" for r in results)
+  return results
+
+
+@gin.configurable
+def run(run_mode: str = "train", model: Optional[MaskedLMModel] = None):
+  """Runs one mode with the gin-bound DataConfig, TrainConfig and OptimizerConfig."""
+  if run_mode not in RUN_MODES:
+    raise ValueError(f"Unknown run_mode {run_mode!r}; choose one of {RUN_MODES}.")
+  data, config = DataConfig(), TrainConfig()
+  model = prepare(model, data, config.model_dir)
+  _write_config(config.model_dir, "config.gin", gin.config_str())
+  if run_mode == "train":
+    return train(model, data, config, OptimizerConfig())
+  if run_mode == "eval":
+    return run_eval(model, data, config)
+  return run_infer(model, data, config)

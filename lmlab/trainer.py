@@ -1,0 +1,250 @@
+"""Train state, jitted train/eval steps and the training loop.
+
+The loop is model-agnostic: it asks a model wrapper (``lmlab.model_wrappers``)
+for summed loss statistics, normalises once per optimizer step by the total
+loss weight (so gradient accumulation gives the same update as one big
+batch), and leaves checkpoint mechanics to ``lmlab.checkpointing``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from typing import Any, Callable, Iterator, Mapping, Optional
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+
+from lmlab import checkpointing
+from lmlab.metric_logging import MetricLogger
+from lmlab.model_wrappers import metrics_from_sums
+from lmlab.optimizers import OptimizerConfig, make_optimizer, make_schedule
+from lmlab.run_config import TrainConfig
+
+logger = logging.getLogger(__name__)
+Batch = Mapping[str, np.ndarray]
+
+
+class NonFiniteLossError(RuntimeError):
+  """Training produced a NaN or infinite loss."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a resumed run needs besides the data position."""
+
+  step: jnp.ndarray
+  params: Any
+  opt_state: Any
+  rng: jnp.ndarray  # raw uint32[2] key data: portable across checkpoints
+
+
+def create_train_state(model, optimizer: optax.GradientTransformation, seed: int,
+                       batch_size: int, sequence_length: int) -> TrainState:
+  """Freshly initialised state (parameters unboxed from their axis metadata)."""
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
+  params = nn.meta.unbox(model.init(init_rng, batch_size, sequence_length))
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=optimizer.init(params), rng=train_rng)
+
+
+def _split_microbatches(batch: Batch, accum_steps: int) -> Batch:
+  return jax.tree_util.tree_map(
+      lambda x: x.reshape((accum_steps, x.shape[0] // accum_steps) + x.shape[1:]), batch)
+
+
+def make_train_step(model, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+                    accum_steps: int = 1) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+  """One optimizer step over a global batch, split into ``accum_steps`` micro-batches."""
+
+  def grads_and_sums(params, batch, rng):
+    def loss_fn(p):
+      sums = model.loss_sums(p, batch, dropout_rng=rng)
+      return sums["loss_sum"], sums
+    return jax.grad(loss_fn, has_aux=True)(params)
+
+  def train_step(state: TrainState, batch: Batch):
+    step_rng = jax.random.fold_in(state.rng, state.step)
+    if accum_steps == 1:
+      grads, sums = grads_and_sums(state.params, batch, step_rng)
+    else:
+      def accumulate(carry, micro):
+        index, microbatch = micro
+        g, s = grads_and_sums(state.params, microbatch, jax.random.fold_in(step_rng, index))
+        return jax.tree_util.tree_map(jnp.add, carry, (g, s)), None
+      zero_grads = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+      zero_sums = jax.tree_util.tree_map(
+          jnp.zeros_like, jax.eval_shape(lambda: grads_and_sums(
+              state.params, jax.tree_util.tree_map(lambda x: x[0], _split_microbatches(batch, accum_steps)),
+              step_rng)[1]))
+      (grads, sums), _ = jax.lax.scan(
+          accumulate, (zero_grads, zero_sums),
+          (jnp.arange(accum_steps), _split_microbatches(batch, accum_steps)))
+    grads = jax.tree_util.tree_map(lambda g: g / jnp.maximum(sums["weight_sum"], 1.0), grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(sums, grad_norm=optax.global_norm(grads), learning_rate=schedule(state.step))
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step
+
+
+def make_eval_step(model) -> Callable[[Any, Batch], dict]:
+  return lambda params, batch: model.loss_sums(params, batch)
+
+
+def evaluate(eval_step, params, batches: Iterator[Batch], max_batches: int = 0) -> dict[str, float]:
+  """Loss/accuracy/perplexity over ``max_batches`` batches (0: all)."""
+  totals: dict[str, float] = {}
+  for i, batch in enumerate(batches):
+    if max_batches and i >= max_batches:
+      break
+    for k, v in jax.device_get(eval_step(params, batch)).items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+  if not totals:
+    raise ValueError("The evaluation split yielded no batch: use a smaller eval_batch_size.")
+  return metrics_from_sums(totals)
+
+
+def ensure_writable(model_dir: str) -> None:
+  """Creates MODEL_DIR and proves a file can be written there."""
+  if "://" in model_dir:
+    return  # remote filesystems are checked by the first write
+  try:
+    os.makedirs(model_dir, exist_ok=True)
+    probe = os.path.join(model_dir, f".write_probe_{os.getpid()}")
+    with open(probe, "w", encoding="utf-8") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise PermissionError(
+        f"MODEL_DIR {model_dir!r} is not writable ({e.strerror or e}). Choose a directory you can "
+        "write to with --gin.MODEL_DIR=...") from e
+
+
+@dataclasses.dataclass
+class TrainSummary:
+  """What a finished (or resumed-and-finished) training run reports."""
+
+  start_step: int
+  final_step: int
+  seconds: float
+  first_train_loss: Optional[float]
+  final_train_loss: Optional[float]
+  initial_eval: Optional[dict]
+  final_eval: Optional[dict]
+  checkpoint_step: Optional[int]
+  tokens_per_second: float
+
+
+class Trainer:
+  """Runs pretraining: init or resume, step, log, evaluate, checkpoint."""
+
+  def __init__(self, model, optimizer_config: OptimizerConfig, config: TrainConfig):
+    self.model = model
+    self.config = config
+    self.schedule = make_schedule(optimizer_config, config.train_steps)
+    self.optimizer = make_optimizer(optimizer_config, config.train_steps)
+    self.train_step = jax.jit(
+        make_train_step(model, self.optimizer, self.schedule, config.grad_accum_steps),
+        donate_argnums=(0,))
+    self.eval_step = jax.jit(make_eval_step(model))
+    self.checkpointer = checkpointing.Checkpointer(
+        os.path.join(config.model_dir, "checkpoints"), keep=config.keep_checkpoints,
+        async_save=config.async_checkpointing)
+
+  def initial_state(self, sequence_length: int, data_iterator=None) -> tuple[TrainState, bool]:
+    """Restores the newest good checkpoint, else initialises; returns (state, resumed)."""
+    make = lambda: create_train_state(self.model, self.optimizer, self.config.seed,
+                                      self.config.batch_size // self.config.grad_accum_steps,
+                                      sequence_length)
+    abstract = jax.eval_shape(make)
+    step, restored = self.checkpointer.restore_latest(abstract, data_iterator)
+    if step is not None:
+      logger.info("Resumed from checkpoint step %d in %s", step, self.checkpointer.directory)
+      return restored, True
+    return jax.jit(make)(), False
+
+  def train(self, train_batches: Iterator[Batch], data_iterator=None,
+            eval_batches: Optional[Callable[[], Iterator[Batch]]] = None,
+            sequence_length: int = 128) -> TrainSummary:
+    """Trains to ``config.train_steps``, resuming from MODEL_DIR if possible."""
+    cfg = self.config
+    state, _ = self.initial_state(sequence_length, data_iterator)
+    start_step = int(state.step)
+    metric_log = MetricLogger(cfg.model_dir)
+    run_eval = lambda params: evaluate(self.eval_step, params, eval_batches(), cfg.eval_steps)
+    initial_eval = final_eval = None
+    if eval_batches is not None and start_step == 0:
+      initial_eval = run_eval(state.params)
+      metric_log.write(0, "eval", initial_eval)
+    bar = tqdm.tqdm(total=cfg.train_steps, initial=start_step, desc="train", unit="step",
+                    disable=not cfg.progress_bar or jax.process_index() != 0, dynamic_ncols=True)
+    pending: list[tuple[int, dict]] = []  # per-step device metrics since the last host sync
+    first_loss = last_loss = None
+    last_saved = start_step if start_step else None
+    tokens = 0.0
+    t_start = t_window = time.perf_counter()
+
+    def flush_metrics(step: int) -> None:
+      nonlocal first_loss, last_loss, t_window, tokens
+      if not pending:
+        return
+      host = jax.device_get([m for _, m in pending])
+      for (s, _), m in zip(pending, host):
+        if not math.isfinite(float(m["loss_sum"])):
+          good = self.checkpointer.latest_step()
+          raise NonFiniteLossError(
+              f"Training loss became {float(m['loss_sum'])} at step {s + 1}. The last good checkpoint "
+              f"(step {good}) is kept in {self.checkpointer.directory}. Lower the learning rate, "
+              "lengthen warmup, enable gradient clipping, or train in float32.")
+      sums = {k: sum(float(m[k]) for m in host) for k in ("loss_sum", "correct_sum", "weight_sum")}
+      window_tokens_now = sum(float(m["token_count"]) for m in host)
+      now = time.perf_counter()
+      scalars = metrics_from_sums(sums)
+      scalars.update(learning_rate=float(host[-1]["learning_rate"]),
+                     grad_norm=float(host[-1]["grad_norm"]),
+                     tokens_per_second=window_tokens_now / max(now - t_window, 1e-9))
+      tokens += window_tokens_now
+      t_window = now
+      first_loss = scalars["loss"] if first_loss is None else first_loss
+      last_loss = scalars["loss"]
+      metric_log.write(step, "train", scalars)
+      bar.set_postfix(loss=f"{scalars['loss']:.3f}", tok_s=f"{scalars['tokens_per_second']:.0f}")
+      pending.clear()
+
+    try:
+      for step in range(start_step, cfg.train_steps):
+        state, metrics = self.train_step(state, next(train_batches))
+        pending.append((step, metrics))
+        done = step + 1
+        bar.update(1)
+        if done % cfg.log_every == 0 or done == cfg.train_steps:
+          flush_metrics(done)
+        if cfg.eval_every and done % cfg.eval_every == 0 and eval_batches is not None and done != cfg.train_steps:
+          metric_log.write(done, "eval", run_eval(state.params))
+        if done % cfg.checkpoint_every == 0 or done == cfg.train_steps:
+          flush_metrics(done)  # never checkpoint a state that went non-finite
+          self.checkpointer.save(done, state, data_iterator)
+          last_saved = done
+      if eval_batches is not None and cfg.train_steps > start_step:
+        final_eval = run_eval(state.params)
+        metric_log.write(int(state.step), "eval", final_eval)
+    finally:
+      bar.close()
+      self.checkpointer.close()
+      metric_log.close()
+    seconds = time.perf_counter() - t_start
+    self.state = state
+    return TrainSummary(start_step=start_step, final_step=int(state.step), seconds=seconds,
+                        first_train_loss=first_loss, final_train_loss=last_loss,
+                        initial_eval=initial_eval, final_eval=final_eval,
+                        checkpoint_step=last_saved, tokens_per_second=tokens / max(seconds, 1e-9))
