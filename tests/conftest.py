@@ -1,0 +1,57 @@
+"""Shared test fixtures: gin isolation and a CLI runner for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import gin
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Small enough that a CLI run takes seconds on 2 CPU cores.
+TINY_RUN_BINDINGS = (
+    "--gin.EncoderConfig.d_model=32",
+    "--gin.EncoderConfig.num_layers=1",
+    "--gin.EncoderConfig.num_heads=2",
+    "--gin.EncoderConfig.d_ff=64",
+    "--gin.EncoderConfig.max_positions=64",
+    "--gin.SEQUENCE_LENGTH=32",
+    "--gin.BATCH_SIZE=4",
+    "--gin.WARMUP_STEPS=2",
+    "--gin.TrainConfig.eval_steps=2",
+    "--gin.TrainConfig.eval_every=0",
+    "--gin.TrainConfig.log_every=1",
+    "--gin.TrainConfig.progress_bar=False",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+  """Each test starts and ends with an empty, unlocked gin config."""
+  gin.clear_config(clear_constants=True)
+  yield
+  gin.clear_config(clear_constants=True)
+
+
+def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+  """Runs ``python -m lmlab.main`` in a fresh process (like a user or a restart would)."""
+  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2",
+             JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  return subprocess.run([sys.executable, "-m", "lmlab.main", *args], cwd=REPO_ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _tiny_run(model_dir: pathlib.Path, *extra: str, run_mode: str = "train") -> subprocess.CompletedProcess:
+  return run_cli("--gin_file=runs/quickstart.gin", f"--gin.MODEL_DIR='{model_dir}'",
+                 f"--run_mode={run_mode}", *TINY_RUN_BINDINGS, *extra)
+
+
+@pytest.fixture
+def tiny_run():
+  """Runs a tiny quickstart-based CLI job: ``tiny_run(model_dir, *flags, run_mode=...)``."""
+  return _tiny_run
