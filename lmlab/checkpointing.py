@@ -96,18 +96,21 @@ class Checkpointer:
     self._manager.close()
 
   def check_shapes(self, step: int, abstract_state: Any) -> None:
-    """Raises CheckpointShapeError if ``step`` holds arrays of other shapes."""
+    """Raises CheckpointShapeError if ``step`` holds parameters of other shapes.
+
+    Only parameters are compared: they define the model, and their tree is a
+    plain nested dict both in the checkpoint metadata and in the live state.
+    """
     try:
-      saved = self._manager.item_metadata(step)["state"]
+      saved = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state")
+      saved = getattr(saved, "tree", saved)["params"]
     except Exception:  # pylint: disable=broad-except
-      return  # unreadable metadata: let restore decide whether it is corrupt
-    if saved is None:
-      return
-    saved_shapes, model_shapes = _leaf_shapes(saved), _leaf_shapes(abstract_state)
-    problems = [f"{k}: checkpoint {saved_shapes.get(k)} vs model {v}"
-                for k, v in model_shapes.items() if saved_shapes.get(k, v) != v]
-    missing = sorted(set(model_shapes) ^ set(saved_shapes))
-    problems += [f"{k}: present in only one of checkpoint and model" for k in missing]
+      return  # unreadable metadata: restore decides whether the step is corrupt
+    saved_shapes, model_shapes = _leaf_shapes(saved), _leaf_shapes(abstract_state.params)
+    problems = [f"params{k}: checkpoint {saved_shapes[k]} vs model {v}"
+                for k, v in model_shapes.items() if k in saved_shapes and saved_shapes[k] != v]
+    problems += [f"params{k}: only in the {'model' if k in model_shapes else 'checkpoint'}"
+                 for k in sorted(set(model_shapes) ^ set(saved_shapes))]
     if problems:
       raise CheckpointShapeError(
           f"The checkpoint at {self.directory / str(step)} was written by a model of another shape "

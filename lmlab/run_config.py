@@ -56,6 +56,10 @@ class TrainConfig:
     log_every: Write training metrics every this many steps.
     seed: Seed of parameter init and dropout.
     progress_bar: Show a tqdm bar with throughput and ETA.
+    stop_after_step: End this process after this step (saving a checkpoint)
+      while keeping the learning-rate schedule of ``train_steps``; a later run
+      on the same MODEL_DIR continues. For time-limited jobs (SLURM, queued
+      TPU slices). None: run to ``train_steps``.
   """
 
   model_dir: str = gin.REQUIRED
@@ -71,6 +75,7 @@ class TrainConfig:
   log_every: int = 50
   seed: int = 0
   progress_bar: bool = True
+  stop_after_step: Optional[int] = None
 
   def __post_init__(self):
     if self.batch_size % self.grad_accum_steps:

@@ -221,21 +221,22 @@ class Trainer:
       bar.set_postfix(loss=f"{scalars['loss']:.3f}", tok_s=f"{scalars['tokens_per_second']:.0f}")
       pending.clear()
 
+    end_step = min(cfg.train_steps, cfg.stop_after_step or cfg.train_steps)
     try:
-      for step in range(start_step, cfg.train_steps):
+      for step in range(start_step, end_step):
         state, metrics = self.train_step(state, next(train_batches))
         pending.append((step, metrics))
         done = step + 1
         bar.update(1)
-        if done % cfg.log_every == 0 or done == cfg.train_steps:
+        if done % cfg.log_every == 0 or done == end_step:
           flush_metrics(done)
-        if cfg.eval_every and done % cfg.eval_every == 0 and eval_batches is not None and done != cfg.train_steps:
+        if cfg.eval_every and done % cfg.eval_every == 0 and eval_batches is not None and done != end_step:
           metric_log.write(done, "eval", run_eval(state.params))
-        if done % cfg.checkpoint_every == 0 or done == cfg.train_steps:
+        if done % cfg.checkpoint_every == 0 or done == end_step:
           flush_metrics(done)  # never checkpoint a state that went non-finite
           self.checkpointer.save(done, state, data_iterator)
           last_saved = done
-      if eval_batches is not None and cfg.train_steps > start_step:
+      if eval_batches is not None and end_step > start_step:
         final_eval = run_eval(state.params)
         metric_log.write(int(state.step), "eval", final_eval)
     finally:

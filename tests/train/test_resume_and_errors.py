@@ -32,7 +32,7 @@ def test_resume_is_bitwise_exact(tmp_path, tiny_run):
   straight, resumed = tmp_path / "straight", tmp_path / "resumed"
   common = ("--gin.TrainConfig.checkpoint_every=3",)
   _assert_ok(tiny_run(straight, "--gin.TRAIN_STEPS=6", *common))
-  _assert_ok(tiny_run(resumed, "--gin.TRAIN_STEPS=3", *common))
+  _assert_ok(tiny_run(resumed, "--gin.TRAIN_STEPS=6", "--gin.TrainConfig.stop_after_step=3", *common))
   proc = tiny_run(resumed, "--gin.TRAIN_STEPS=6", *common)  # a new process resumes at step 3
   _assert_ok(proc)
   assert "steps 3 -> 6" in proc.stdout
