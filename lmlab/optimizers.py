@@ -75,9 +75,20 @@ def make_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
 
 
+DECAYED_PARAMETER_NAMES = ("kernel", "embedding")
+
+
 def decay_mask(params: Any) -> Any:
-  """True for matrices and embeddings, False for vectors (biases, norm scales)."""
-  return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+  """True for weight matrices and embeddings, False for biases and norm scales.
+
+  Decided by the leaf's name, not its rank: attention biases are (heads, kv)
+  matrices but must not be decayed.
+  """
+  def decayed(path, _):
+    last = path[-1]
+    name = getattr(last, "key", getattr(last, "name", ""))
+    return str(name) in DECAYED_PARAMETER_NAMES
+  return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
