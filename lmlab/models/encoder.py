@@ -1,0 +1,320 @@
+"""BERT-family bidirectional Transformer encoder and its task heads (Flax Linen).
+
+One ``EncoderConfig`` covers original BERT (post-LN, learned positions),
+MosaicBERT (ALiBi, gated GELU) and crammed BERT (pre-LN, gated GELU, no
+biases). Rows may be packed with several documents: ``segment_ids`` keep
+attention inside a document and per-token ``positions`` restart at 0 for
+each one, so every position scheme sees a document exactly as if it were
+alone in its row.
+
+Parameter tree (``params`` collection) of ``EncoderForMaskedLM``::
+
+  encoder/embeddings/{token_embedder,position_embedder,token_type_embedder}/embedding
+  encoder/embeddings/norm/{scale,bias}
+  encoder/layers_<i>/attention/{query,key,value,out}/{kernel,bias}
+  encoder/layers_<i>/{attention_norm,mlp_norm}/{scale,bias}
+  encoder/layers_<i>/mlp/{wi | wi_0,wi_1, wo}/{kernel,bias}
+  encoder/final_norm/...              (pre-LN only)
+  mlm_head/{transform,norm}/...; mlm_head/bias (tied, when use_bias) or mlm_head/decoder/...
+
+Biases exist only when ``use_bias``; ``position_embedder`` only for learned
+positions, ``token_type_embedder`` only when ``num_token_types > 0``.
+``EncoderForSequenceClassification`` has ``encoder``, ``pooler`` and
+``classifier``. Dropout draws from the ``dropout`` rng collection.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lmlab.models import layers
+from lmlab.models.attention import dot_product_attention, make_attention_mask
+from lmlab.models.config import EncoderConfig
+
+POOLINGS = ("cls", "mean")
+
+
+def _default_segment_ids(input_ids: jax.Array, pad_id: int) -> jax.Array:
+  """Segment 1 for real tokens and 0 for padding (one document per row)."""
+  return (input_ids != pad_id).astype(jnp.int32)
+
+
+def _dropout(rate: float, x: jax.Array, deterministic: bool) -> jax.Array:
+  """Dropout that creates no module (and needs no rng) when the rate is zero."""
+  if rate <= 0.0:
+    return x
+  return nn.Dropout(rate)(x, deterministic=deterministic)
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention with per-head q/k/v projections and an output projection.
+
+  Attributes:
+    config: Encoder hyper-parameters.
+  """
+
+  config: EncoderConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, mask: jax.Array, bias: Optional[jax.Array],
+               positions: jax.Array, deterministic: bool) -> jax.Array:
+    cfg = self.config
+    shape = (cfg.num_heads, cfg.resolved_head_dim)
+    qkv_axes = ("embed", "heads", "kv")
+    head_constraint = ("batch", "length", "heads", "kv")
+    query = layers.dense(cfg, shape, qkv_axes, name="query")(x)
+    key = layers.dense(cfg, shape, qkv_axes, name="key")(x)
+    value = layers.dense(cfg, shape, qkv_axes, name="value")(x)
+    if cfg.position_scheme == "rope":
+      query = layers.apply_rotary(query, positions, cfg.rope_theta)
+      key = layers.apply_rotary(key, positions, cfg.rope_theta)
+    query = nn.with_logical_constraint(query, head_constraint)
+    key = nn.with_logical_constraint(key, head_constraint)
+    value = nn.with_logical_constraint(value, head_constraint)
+    rate = cfg.attention_dropout_rate
+    dropout_rng = None if deterministic or rate <= 0.0 else self.make_rng("dropout")
+    out = dot_product_attention(
+        query, key, value, bias=bias, mask=mask, dropout_rng=dropout_rng, dropout_rate=rate,
+        deterministic=deterministic, backend=cfg.attention_backend, dtype=cfg.compute_dtype)
+    out = nn.with_logical_constraint(out, head_constraint)
+    return layers.dense(cfg, cfg.d_model, ("heads", "kv", "embed"), axis=(-2, -1), name="out")(out)
+
+
+class EncoderLayer(nn.Module):
+  """One Transformer block: self-attention then MLP, each with residual and norm.
+
+  Post-LN (BERT): ``x = norm(x + dropout(sublayer(x)))``.
+  Pre-LN: ``x = x + dropout(sublayer(norm(x)))``.
+
+  Attributes:
+    config: Encoder hyper-parameters.
+  """
+
+  config: EncoderConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, mask: jax.Array, bias: Optional[jax.Array],
+               positions: jax.Array, deterministic: bool) -> jax.Array:
+    cfg = self.config
+    attention = SelfAttention(cfg, name="attention")
+    mlp = layers.Mlp(cfg, name="mlp")
+    attention_norm = layers.make_norm(cfg, name="attention_norm")
+    mlp_norm = layers.make_norm(cfg, name="mlp_norm")
+
+    def attend(h: jax.Array) -> jax.Array:
+      h = attention(h, mask=mask, bias=bias, positions=positions, deterministic=deterministic)
+      return _dropout(cfg.dropout_rate, h, deterministic)
+
+    def feed_forward(h: jax.Array) -> jax.Array:
+      return _dropout(cfg.dropout_rate, mlp(h, deterministic=deterministic), deterministic)
+
+    if cfg.norm_position == "pre":
+      x = x + attend(attention_norm(x))
+      x = x + feed_forward(mlp_norm(x))
+    else:
+      x = attention_norm(x + attend(x))
+      x = mlp_norm(x + feed_forward(x))
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+class Embeddings(nn.Module):
+  """Token (+ learned position) (+ token type) embeddings, optional norm, dropout.
+
+  Attributes:
+    config: Encoder hyper-parameters.
+  """
+
+  config: EncoderConfig
+
+  def setup(self):
+    cfg = self.config
+    self.token_embedder = layers.make_embed(cfg, cfg.vocab_size, ("vocab", "embed"))
+    if cfg.position_scheme == "learned":
+      self.position_embedder = layers.make_embed(cfg, cfg.max_positions, ("positions", "embed"))
+    if cfg.num_token_types > 0:
+      self.token_type_embedder = layers.make_embed(cfg, cfg.num_token_types,
+                                                   ("token_types", "embed"))
+    if cfg.embedding_norm:
+      self.norm = layers.make_norm(cfg)
+    self.dropout = nn.Dropout(cfg.dropout_rate)
+
+  def __call__(self, input_ids: jax.Array, positions: jax.Array,
+               token_type_ids: Optional[jax.Array], deterministic: bool) -> jax.Array:
+    cfg = self.config
+    x = self.token_embedder(input_ids)
+    if cfg.position_scheme == "learned":
+      x = x + self.position_embedder(positions)
+    if cfg.num_token_types > 0:
+      if token_type_ids is None:
+        token_type_ids = jnp.zeros_like(input_ids)
+      x = x + self.token_type_embedder(token_type_ids)
+    elif token_type_ids is not None:
+      raise ValueError("token_type_ids were given but EncoderConfig.num_token_types is 0.")
+    if cfg.embedding_norm:
+      x = self.norm(x)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    if cfg.dropout_rate > 0.0:
+      x = self.dropout(x, deterministic=deterministic)
+    return x
+
+  def attend(self, x: jax.Array) -> jax.Array:
+    """Float32 scores of hidden states against the token embedding table."""
+    return self.token_embedder.attend(x)
+
+
+class Encoder(nn.Module):
+  """Bidirectional Transformer encoder mapping token ids to hidden states.
+
+  Attributes:
+    config: Encoder hyper-parameters; ``vocab_size`` must be set.
+  """
+
+  config: EncoderConfig
+
+  def setup(self):
+    cfg = self.config
+    if cfg.vocab_size is None:
+      raise ValueError("EncoderConfig.vocab_size is None: call config.with_vocab_size(n) with the "
+                       "task's vocabulary size before building the model.")
+    self.embeddings = Embeddings(cfg)
+    self.layers = [EncoderLayer(cfg) for _ in range(cfg.num_layers)]
+    if cfg.norm_position == "pre":
+      self.final_norm = layers.make_norm(cfg)
+
+  def __call__(self, input_ids: jax.Array, *, segment_ids: Optional[jax.Array] = None,
+               positions: Optional[jax.Array] = None,
+               token_type_ids: Optional[jax.Array] = None,
+               deterministic: bool = True) -> jax.Array:
+    """Hidden states ``[batch, length, d_model]`` in the compute dtype.
+
+    Args:
+      input_ids: ``[batch, length]`` token ids.
+      segment_ids: ``[batch, length]``; tokens attend only within equal
+        non-zero ids, 0 is padding. Default: ``input_ids != pad_id``.
+      positions: ``[batch, length]`` position of each token in its document.
+        Default: ``arange(length)``.
+      token_type_ids: ``[batch, length]`` sentence A/B ids; default zeros.
+      deterministic: Disables dropout when ``True``.
+
+    Raises:
+      ValueError: If ``length`` exceeds ``max_positions``.
+    """
+    cfg = self.config
+    batch, length = input_ids.shape
+    if length > cfg.max_positions:
+      raise ValueError(
+          f"Input length {length} exceeds EncoderConfig.max_positions={cfg.max_positions}; "
+          "truncate inputs or raise EncoderConfig.max_positions.")
+    if segment_ids is None:
+      segment_ids = _default_segment_ids(input_ids, cfg.pad_id)
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+    mask = make_attention_mask(segment_ids, segment_ids)
+    bias = layers.alibi_bias(positions, cfg.num_heads) if cfg.position_scheme == "alibi" else None
+    x = self.embeddings(input_ids, positions, token_type_ids, deterministic)
+    for layer in self.layers:
+      x = layer(x, mask=mask, bias=bias, positions=positions, deterministic=deterministic)
+    if cfg.norm_position == "pre":
+      x = self.final_norm(x)
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+  def attend(self, x: jax.Array) -> jax.Array:
+    """Tied output projection: float32 scores against the input token embeddings."""
+    return self.embeddings.attend(x)
+
+
+class MaskedLMHead(nn.Module):
+  """BERT MLM head: dense -> gelu -> norm -> vocabulary projection (+ bias).
+
+  Attributes:
+    config: Encoder hyper-parameters.
+  """
+
+  config: EncoderConfig
+
+  @nn.compact
+  def __call__(self, hidden: jax.Array,
+               attend: Optional[Callable[[jax.Array], jax.Array]] = None) -> jax.Array:
+    cfg = self.config
+    h = layers.dense(cfg, cfg.d_model, ("embed", "mlp"), name="transform")(hidden)
+    h = layers.activation_fn("gelu")(h)
+    h = layers.make_norm(cfg, name="norm")(h)
+    if attend is not None:
+      logits = attend(h)
+      if cfg.use_bias:
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
+                          (cfg.vocab_size,), cfg.parameter_dtype)
+        logits = logits + jnp.asarray(bias, jnp.float32)
+    else:
+      logits = layers.dense(cfg, cfg.vocab_size, ("embed", "vocab"), name="decoder")(h)
+    logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+    return jnp.asarray(logits, jnp.float32)
+
+
+class EncoderForMaskedLM(nn.Module):
+  """Encoder plus MLM head; returns float32 logits ``[batch, length, vocab_size]``.
+
+  With ``tie_output_embedding`` the decoder is the transposed input embedding
+  plus a ``("vocab",)`` bias, which reproduces the parameter layout (and
+  count) of Hugging Face's ``BertForMaskedLM``.
+
+  Attributes:
+    config: Encoder hyper-parameters.
+  """
+
+  config: EncoderConfig
+
+  @nn.compact
+  def __call__(self, input_ids: jax.Array, *, segment_ids: Optional[jax.Array] = None,
+               positions: Optional[jax.Array] = None,
+               token_type_ids: Optional[jax.Array] = None,
+               deterministic: bool = True) -> jax.Array:
+    encoder = Encoder(self.config, name="encoder")
+    hidden = encoder(input_ids, segment_ids=segment_ids, positions=positions,
+                     token_type_ids=token_type_ids, deterministic=deterministic)
+    attend = encoder.attend if self.config.tie_output_embedding else None
+    return MaskedLMHead(self.config, name="mlm_head")(hidden, attend)
+
+
+class EncoderForSequenceClassification(nn.Module):
+  """Encoder, pooler (dense + tanh), dropout and a linear classifier.
+
+  Attributes:
+    config: Encoder hyper-parameters.
+    num_classes: Number of output classes (1 for regression).
+    pooling: ``cls`` pools the first token (BERT); ``mean`` averages the
+      non-padding tokens (``segment_ids > 0``).
+  """
+
+  config: EncoderConfig
+  num_classes: int
+  pooling: str = "cls"
+
+  @nn.compact
+  def __call__(self, input_ids: jax.Array, *, segment_ids: Optional[jax.Array] = None,
+               positions: Optional[jax.Array] = None,
+               token_type_ids: Optional[jax.Array] = None,
+               deterministic: bool = True) -> jax.Array:
+    """Float32 logits ``[batch, num_classes]``."""
+    cfg = self.config
+    if self.pooling not in POOLINGS:
+      raise ValueError(f"pooling={self.pooling!r} is not one of {POOLINGS}.")
+    if segment_ids is None:
+      segment_ids = _default_segment_ids(input_ids, cfg.pad_id)
+    hidden = Encoder(cfg, name="encoder")(
+        input_ids, segment_ids=segment_ids, positions=positions,
+        token_type_ids=token_type_ids, deterministic=deterministic)
+    if self.pooling == "cls":
+      pooled = hidden[:, 0]
+    else:
+      weights = (segment_ids > 0).astype(jnp.float32)[..., None]
+      total = jnp.sum(jnp.asarray(hidden, jnp.float32) * weights, axis=1)
+      pooled = total / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+    pooled = jnp.tanh(layers.dense(cfg, cfg.d_model, ("embed", "mlp"), name="pooler")(pooled))
+    pooled = _dropout(cfg.dropout_rate, pooled, deterministic)
+    logits = layers.dense(cfg, self.num_classes, ("mlp", None), name="classifier")(pooled)
+    return jnp.asarray(logits, jnp.float32)

@@ -1,0 +1,111 @@
+"""Norms, MLP variants, rotary embeddings and ALiBi helpers."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lmlab.models import layers
+from lmlab.models.config import EncoderConfig
+
+CFG = EncoderConfig(vocab_size=64, d_model=16, num_layers=1, num_heads=2, d_ff=32,
+                    max_positions=32, dropout_rate=0.0, attention_dropout_rate=0.0)
+
+
+def test_alibi_slopes_power_of_two():
+  np.testing.assert_allclose(layers.alibi_slopes(8), 2.0 ** -np.arange(1, 9), rtol=1e-7)
+  np.testing.assert_allclose(layers.alibi_slopes(4), 2.0 ** -(2.0 * np.arange(1, 5)), rtol=1e-7)
+
+
+def test_alibi_slopes_interleave_for_other_head_counts():
+  # 12 heads: the 8 slopes of 8 heads, then every other slope of 16 heads.
+  want = np.concatenate([2.0 ** -np.arange(1, 9), 2.0 ** -(np.arange(1, 9, 2) * 0.5)])
+  np.testing.assert_allclose(layers.alibi_slopes(12), want, rtol=1e-6)
+  assert layers.alibi_slopes(6).shape == (6,)
+
+
+def test_alibi_bias_is_symmetric_distance_penalty():
+  positions = np.array([[0, 1, 2, 0, 1]])
+  bias = np.asarray(layers.alibi_bias(positions, 2))
+  assert bias.shape == (1, 2, 5, 5)
+  np.testing.assert_allclose(bias, np.swapaxes(bias, -1, -2))
+  slope = layers.alibi_slopes(2)[1]
+  np.testing.assert_allclose(bias[0, 1, 0, 2], -2 * slope)
+  np.testing.assert_allclose(bias[0, 1, 3, 4], -slope)
+
+
+def _rope_scores(q, k, positions):
+  rq = layers.apply_rotary(q, positions)
+  rk = layers.apply_rotary(k, positions)
+  return np.asarray(jnp.einsum("bqhd,bkhd->bhqk", rq, rk))
+
+
+def test_rope_scores_depend_only_on_relative_position():
+  rng = np.random.default_rng(0)
+  q = rng.normal(size=(1, 6, 2, 8)).astype(np.float32)
+  k = rng.normal(size=(1, 6, 2, 8)).astype(np.float32)
+  positions = np.arange(6)[None]
+  np.testing.assert_allclose(_rope_scores(q, k, positions), _rope_scores(q, k, positions + 37),
+                             rtol=1e-4, atol=1e-4)
+  assert not np.allclose(_rope_scores(q, k, positions), _rope_scores(q, k, positions * 2),
+                         atol=1e-3)
+
+
+def test_rope_preserves_norm_and_dtype_and_identity_at_zero():
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 3, 2, 8)), jnp.bfloat16)
+  positions = np.array([[0, 5, 9], [3, 0, 1]])
+  out = layers.apply_rotary(x, positions)
+  assert out.dtype == jnp.bfloat16
+  norms = lambda a: np.linalg.norm(np.asarray(a, np.float32), axis=-1)
+  np.testing.assert_allclose(norms(out), norms(x), rtol=2e-2)
+  np.testing.assert_array_equal(np.asarray(out[0, 0]), np.asarray(x[0, 0]))
+
+
+def test_layernorm_matches_numpy_and_casts_back():
+  x = np.random.default_rng(2).normal(size=(2, 3, 16)).astype(np.float32) * 3 + 1
+  norm = layers.make_norm(dataclasses.replace(CFG, norm_eps=1e-6))
+  variables = norm.init(jax.random.key(0), x)
+  want = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)
+  np.testing.assert_allclose(np.asarray(norm.apply(variables, x)), want, rtol=1e-5, atol=1e-5)
+  bf16 = layers.make_norm(dataclasses.replace(CFG, dtype="bfloat16"))
+  assert bf16.apply(variables, x).dtype == jnp.bfloat16
+
+
+def test_rmsnorm_matches_numpy_and_has_no_bias():
+  x = np.random.default_rng(3).normal(size=(4, 16)).astype(np.float32)
+  norm = layers.make_norm(dataclasses.replace(CFG, norm_type="rmsnorm", norm_eps=1e-6))
+  variables = nn.meta.unbox(norm.init(jax.random.key(0), x))
+  assert set(variables["params"]) == {"scale"}
+  want = x / np.sqrt(np.mean(x * x, -1, keepdims=True) + 1e-6)
+  np.testing.assert_allclose(np.asarray(norm.apply(variables, x)), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "relu", "silu", "gated_gelu", "gated_silu"])
+def test_mlp_variants(activation):
+  cfg = dataclasses.replace(CFG, mlp_activation=activation)
+  x = np.random.default_rng(4).normal(size=(2, 3, 16)).astype(np.float32)
+  mlp = layers.Mlp(cfg)
+  params = nn.meta.unbox(mlp.init(jax.random.key(0), x))["params"]
+  gated = activation.startswith("gated_")
+  assert set(params) == ({"wi_0", "wi_1", "wo"} if gated else {"wi", "wo"})
+  act = {"gelu": lambda a: jax.nn.gelu(a, approximate=False), "relu": jax.nn.relu,
+         "silu": jax.nn.silu}[activation.replace("gated_", "")]
+  lin = lambda name, a: a @ params[name]["kernel"] + params[name]["bias"]
+  hidden = act(lin("wi_0", x)) * lin("wi_1", x) if gated else act(lin("wi", x))
+  np.testing.assert_allclose(np.asarray(mlp.apply({"params": params}, x)),
+                             np.asarray(lin("wo", hidden)), rtol=1e-5, atol=1e-5)
+
+
+def test_embed_attend_is_transposed_lookup():
+  embed = layers.make_embed(CFG, 10, ("vocab", "embed"))
+  variables = embed.init(jax.random.key(0), np.array([1]))
+  table = np.asarray(nn.meta.unbox(variables)["params"]["embedding"])
+  x = np.random.default_rng(5).normal(size=(2, 16)).astype(np.float32)
+  scores = embed.apply(variables, x, method=layers.Embed.attend)
+  assert scores.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(scores), x @ table.T, rtol=1e-5, atol=1e-5)
