@@ -48,7 +48,7 @@ class EncoderConfig:
     num_token_types: Rows of the token-type (sentence A/B) embedding; 0
       disables it.
     embedding_norm: Normalise the summed embeddings (BERT does).
-    dropout_rate: Dropout on embeddings, sub-layer outputs and MLP hidden.
+    dropout_rate: Dropout on embeddings and sub-layer outputs (as in BERT).
     attention_dropout_rate: Dropout on attention probabilities.
     tie_output_embedding: MLM decoder reuses the input embedding matrix.
     dtype: Compute/activation dtype.

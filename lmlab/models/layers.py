@@ -179,8 +179,8 @@ def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
 class Mlp(nn.Module):
   """Position-wise feed-forward block: ``wo(act(wi(x)))`` or gated ``wo(act(wi_0(x)) * wi_1(x))``.
 
-  Dropout is applied to the hidden activations (the config's documented
-  behaviour); the caller applies the sub-layer output dropout.
+  As in BERT, there is no dropout on the hidden activations; the caller
+  applies dropout to the sub-layer output.
 
   Attributes:
     config: Encoder hyper-parameters (``d_ff``, ``mlp_activation``, dtypes).
@@ -199,8 +199,7 @@ class Mlp(nn.Module):
     else:
       hidden = act(dense(cfg, cfg.d_ff, ("embed", "mlp"), name="wi")(x))
     hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
-    if cfg.dropout_rate > 0:
-      hidden = nn.Dropout(cfg.dropout_rate)(hidden, deterministic=deterministic)
+    del deterministic  # kept for a uniform sub-layer signature
     return dense(cfg, cfg.d_model, ("mlp", "embed"), name="wo")(hidden)
 
 
