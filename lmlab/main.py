@@ -69,9 +69,25 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
   gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=True)
 
 
+class _GinSearchNoise(logging.Filter):
+  """Drops gin's per-candidate "Path not found" logs while it walks the search path."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    in_gin = f"{os.sep}gin{os.sep}" in record.pathname
+    return not (in_gin and ("Path not found" in record.getMessage() or
+                            "system_path_file_exists" in record.getMessage()))
+
+
+def setup_logging() -> None:
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(_GinSearchNoise())
+  logging.getLogger("absl").setLevel(logging.WARNING)  # orbax/seqio chatter
+
+
 def main(argv: Optional[Sequence[str]] = None) -> object:
   argv = list(sys.argv[1:] if argv is None else argv)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  setup_logging()
   try:
     rest, macro_bindings = split_gin_macro_flags(argv)
     args = build_parser().parse_args(rest)
