@@ -8,7 +8,7 @@ model-agnostic.
 
 from __future__ import annotations
 
-import dataclasses
+import math
 from typing import Any, Mapping, Optional
 
 import flax.linen as nn
@@ -48,13 +48,25 @@ class MaskedLMModel:
 
   features = MLM_FEATURES
 
-  def __init__(self, config: EncoderConfig = gin.REQUIRED):
+  def __init__(self, config: EncoderConfig = gin.REQUIRED,
+               max_prediction_fraction: Optional[float] = None):
+    """Wraps an encoder config.
+
+    Args:
+      config: The encoder's hyper-parameters.
+      max_prediction_fraction: If set, the MLM head runs only on
+        ``ceil(fraction * length)`` positions per row, those with loss weight
+        (the original BERT's ``max_predictions_per_seq``). Must be at least the
+        masking rate; positions beyond it would be dropped and are counted in
+        the ``dropped_predictions`` metric. None: the head runs everywhere.
+    """
     self.config = config
+    self.max_prediction_fraction = max_prediction_fraction
 
   def with_vocab_size(self, vocab_size: int) -> "MaskedLMModel":
     """Fills in ``config.vocab_size`` from the task's vocabulary if unset."""
     if self.config.vocab_size is None:
-      return type(self)(self.config.with_vocab_size(vocab_size))
+      return type(self)(self.config.with_vocab_size(vocab_size), self.max_prediction_fraction)
     if self.config.vocab_size < vocab_size:
       raise ValueError(
           f"EncoderConfig.vocab_size={self.config.vocab_size} is smaller than the task's vocabulary "
@@ -71,18 +83,35 @@ class MaskedLMModel:
     variables = self.module.init({"params": rng, "dropout": rng}, ids, deterministic=True)
     return variables["params"]
 
-  def apply(self, params: Params, batch: Batch, *, dropout_rng: Optional[jax.Array] = None) -> jnp.ndarray:
+  def apply(self, params: Params, batch: Batch, *, dropout_rng: Optional[jax.Array] = None,
+            prediction_positions: Optional[jnp.ndarray] = None) -> jnp.ndarray:
     """MLM logits for a batch; dropout is active when ``dropout_rng`` is given."""
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
     return self.module.apply(
         {"params": params}, batch["input_ids"], segment_ids=batch["segment_ids"],
-        positions=batch["positions"], deterministic=dropout_rng is None, rngs=rngs)
+        positions=batch["positions"], deterministic=dropout_rng is None, rngs=rngs,
+        prediction_positions=prediction_positions)
+
+  def prediction_positions(self, loss_weights: jnp.ndarray) -> Optional[jnp.ndarray]:
+    """Per row, the ``k`` positions with loss weight (first ones first), or None."""
+    if self.max_prediction_fraction is None:
+      return None
+    length = loss_weights.shape[-1]
+    k = min(length, math.ceil(self.max_prediction_fraction * length))
+    score = (loss_weights > 0).astype(jnp.float32) * 2.0 - jnp.arange(length) / length
+    return jax.lax.top_k(score, k)[1]
 
   def loss_sums(self, params: Params, batch: Batch,
                 dropout_rng: Optional[jax.Array] = None) -> dict[str, jnp.ndarray]:
     """Summed loss, correct predictions and weight over the batch's masked tokens."""
-    logits = self.apply(params, batch, dropout_rng=dropout_rng)
-    sums = weighted_cross_entropy(logits, batch["targets"], batch["loss_weights"])
+    targets, weights = batch["targets"], batch["loss_weights"]
+    positions = self.prediction_positions(weights)
+    logits = self.apply(params, batch, dropout_rng=dropout_rng, prediction_positions=positions)
+    if positions is not None:
+      targets = jnp.take_along_axis(targets, positions, axis=1)
+      weights = jnp.take_along_axis(weights, positions, axis=1)
+    sums = weighted_cross_entropy(logits, targets, weights)
+    sums["dropped_predictions"] = jnp.sum(batch["loss_weights"]) - sums["weight_sum"]
     sums["token_count"] = jnp.sum(batch["segment_ids"] > 0).astype(jnp.float32)
     return sums
 
@@ -101,5 +130,5 @@ def metrics_from_sums(sums: Mapping[str, Any]) -> dict[str, float]:
   return {
       "loss": loss,
       "accuracy": float(sums["correct_sum"]) / weight,
-      "perplexity": float(jnp.exp(jnp.minimum(loss, 50.0))),
+      "perplexity": math.exp(min(loss, 50.0)),
   }

@@ -49,12 +49,27 @@ def _write_config(model_dir: str, filename: str, text: str) -> None:
       f.write(text)
 
 
+def check_prediction_budget(model: MaskedLMModel) -> None:
+  """The gathered MLM head must have room for every masked token."""
+  try:
+    mask_rate = gin.query_parameter("mlm_mask.mask_rate")
+  except ValueError:
+    mask_rate = 0.15  # mlm_mask's default
+  fraction = model.max_prediction_fraction
+  if fraction is not None and fraction < mask_rate:
+    raise ValueError(
+        f"MaskedLMModel.max_prediction_fraction={fraction} is below mlm_mask.mask_rate={mask_rate}: "
+        "masked tokens would be dropped from the loss. Raise max_prediction_fraction (e.g. to "
+        f"{mask_rate + 0.05:.2f}) or set it to None.")
+
+
 def prepare(model: Optional[MaskedLMModel], data: DataConfig, model_dir: str) -> MaskedLMModel:
   """Validates the task and MODEL_DIR, and sizes the model's vocabulary."""
   pipeline = _data_api()
   pipeline.get_task_or_mixture(data.mixture_or_task_name)  # unknown names fail here, early
   ensure_writable(model_dir)
   model = model or MaskedLMModel()
+  check_prediction_budget(model)
   return model.with_vocab_size(pipeline.vocabulary_for(data.mixture_or_task_name).vocab_size)
 
 

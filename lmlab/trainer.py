@@ -210,7 +210,8 @@ class Trainer:
       window_tokens_now = sum(float(m["token_count"]) for m in host)
       now = time.perf_counter()
       scalars = metrics_from_sums(sums)
-      scalars.update(learning_rate=float(host[-1]["learning_rate"]),
+      scalars.update(dropped_predictions=sum(float(m["dropped_predictions"]) for m in host),
+                     learning_rate=float(host[-1]["learning_rate"]),
                      grad_norm=float(host[-1]["grad_norm"]),
                      tokens_per_second=window_tokens_now / max(now - t_window, 1e-9))
       tokens += window_tokens_now

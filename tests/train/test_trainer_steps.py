@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -94,3 +95,19 @@ def test_clipping_bounds_the_update():
   assert abs(float(optax.global_norm(clipped)) - 1.0) < 1e-5
   updates, _ = optimizer.update({"w": jnp.full((4, 4), 100.0)}, state, params)
   assert bool(jnp.all(jnp.isfinite(updates["w"])))
+
+
+def test_gathered_mlm_head_matches_full_head():
+  batch = _batch(2)
+  full, gathered = MaskedLMModel(CONFIG), MaskedLMModel(CONFIG, max_prediction_fraction=0.45)
+  params = nn.meta.unbox(full.init(jax.random.PRNGKey(1), 2, 16))
+  assert int(np.max(batch["loss_weights"].sum(1))) <= 8  # fits in ceil(0.45 * 16) = 8
+  loss_full = lambda p: full.loss_sums(p, batch)["loss_sum"]
+  loss_gathered = lambda p: gathered.loss_sums(p, batch)["loss_sum"]
+  np.testing.assert_allclose(float(loss_full(params)), float(loss_gathered(params)), rtol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(jax.grad(loss_full)(params)),
+                  jax.tree_util.tree_leaves(jax.grad(loss_gathered)(params))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+  assert float(gathered.loss_sums(params, batch)["dropped_predictions"]) == 0.0
+  tight = MaskedLMModel(CONFIG, max_prediction_fraction=0.1)  # 2 per row: some are dropped
+  assert float(tight.loss_sums(params, batch)["dropped_predictions"]) > 0
