@@ -27,7 +27,15 @@ TINY_RUN_BINDINGS = (
     "--gin.TrainConfig.eval_every=0",
     "--gin.TrainConfig.log_every=1",
     "--gin.TrainConfig.progress_bar=False",
+    "--gin.DataConfig.eval_split=''",  # tests that evaluate set it back
 )
+EVAL_SPLIT = "--gin.DataConfig.eval_split='validation'"
+
+
+@pytest.fixture(scope="session")
+def compile_cache(tmp_path_factory) -> str:
+  """One persistent XLA compilation cache for all CLI runs of the session."""
+  return str(tmp_path_factory.mktemp("jax_cache"))
 
 
 @pytest.fixture(autouse=True)
@@ -38,20 +46,43 @@ def clean_gin():
   gin.clear_config(clear_constants=True)
 
 
-def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout: int = 600, cache_dir: str = "") -> subprocess.CompletedProcess:
   """Runs ``python -m lmlab.main`` in a fresh process (like a user or a restart would)."""
   env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2",
              JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  if cache_dir:
+    env.update(JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   return subprocess.run([sys.executable, "-m", "lmlab.main", *args], cwd=REPO_ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def _tiny_run(model_dir: pathlib.Path, *extra: str, run_mode: str = "train") -> subprocess.CompletedProcess:
-  return run_cli("--gin_file=runs/quickstart.gin", f"--gin.MODEL_DIR='{model_dir}'",
-                 f"--run_mode={run_mode}", *TINY_RUN_BINDINGS, *extra)
+@pytest.fixture
+def tiny_run_in_process(capsys):
+  """Like ``tiny_run`` but in this process (for failures at start-up): returns (exit code, stderr)."""
+  from lmlab import main as cli  # pylint: disable=import-outside-toplevel
+
+  def run(model_dir: pathlib.Path, *extra: str, run_mode: str = "train"):
+    argv = ["--gin_file=runs/quickstart.gin", f"--gin.MODEL_DIR='{model_dir}'",
+            f"--run_mode={run_mode}", *TINY_RUN_BINDINGS, *extra]
+    try:
+      cli.main(argv)
+      code = 0
+    except SystemExit as e:
+      code = e.code
+    finally:
+      gin.clear_config(clear_constants=True)
+    return code, capsys.readouterr().err
+
+  return run
 
 
 @pytest.fixture
-def tiny_run():
+def tiny_run(compile_cache):
   """Runs a tiny quickstart-based CLI job: ``tiny_run(model_dir, *flags, run_mode=...)``."""
-  return _tiny_run
+
+  def run(model_dir: pathlib.Path, *extra: str, run_mode: str = "train") -> subprocess.CompletedProcess:
+    return run_cli("--gin_file=runs/quickstart.gin", f"--gin.MODEL_DIR='{model_dir}'",
+                   f"--run_mode={run_mode}", *TINY_RUN_BINDINGS, *extra, cache_dir=compile_cache)
+
+  return run

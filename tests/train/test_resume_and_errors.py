@@ -11,6 +11,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+EVAL_SPLIT = "--gin.DataConfig.eval_split='validation'"
+
 
 def _final_params(model_dir: pathlib.Path) -> dict:
   ckpt_dir = model_dir / "checkpoints"
@@ -57,38 +59,38 @@ def test_quickstart_config_is_written_and_loss_logged(tmp_path, tiny_run):
   assert set(_train_losses(tmp_path)) == {1, 2}
 
 
-def test_unknown_gin_configurable_names_file_and_line(tmp_path, tiny_run):
+def test_unknown_gin_configurable_names_file_and_line(tmp_path, tiny_run_in_process):
   bad = tmp_path / "bad.gin"
   bad.write_text("include 'runs/quickstart.gin'\nEncodrConfig.d_model = 64\n")
-  proc = tiny_run(tmp_path / "run", f"--gin_file={bad}")
-  assert proc.returncode == 2
-  assert "EncodrConfig" in proc.stderr and str(bad) in proc.stderr and "line 2" in proc.stderr
+  code, stderr = tiny_run_in_process(tmp_path / "run", f"--gin_file={bad}")
+  assert code == 2
+  assert "EncodrConfig" in stderr and str(bad) in stderr and "line 2" in stderr
 
 
-def test_unknown_gin_parameter_is_rejected(tmp_path, tiny_run):
-  proc = tiny_run(tmp_path, "--gin.EncoderConfig.d_modle=64")
-  assert proc.returncode == 2
-  assert "d_modle" in proc.stderr
+def test_unknown_gin_parameter_is_rejected(tmp_path, tiny_run_in_process):
+  code, stderr = tiny_run_in_process(tmp_path, "--gin.EncoderConfig.d_modle=64")
+  assert code == 2
+  assert "d_modle" in stderr
 
 
-def test_unknown_task_lists_close_matches(tmp_path, tiny_run):
-  proc = tiny_run(tmp_path, "--gin.MIXTURE_OR_TASK_NAME='lmlab.embeded_mlm'")
-  assert proc.returncode == 2
-  assert "lmlab.embeded_mlm" in proc.stderr and "lmlab.embedded_mlm" in proc.stderr
+def test_unknown_task_lists_close_matches(tmp_path, tiny_run_in_process):
+  code, stderr = tiny_run_in_process(tmp_path, "--gin.MIXTURE_OR_TASK_NAME='lmlab.embeded_mlm'")
+  assert code == 2
+  assert "lmlab.embeded_mlm" in stderr and "lmlab.embedded_mlm" in stderr
 
 
-def test_sequence_longer_than_max_positions(tmp_path, tiny_run):
-  proc = tiny_run(tmp_path, "--gin.SEQUENCE_LENGTH=128")  # tiny run caps positions at 64
-  assert proc.returncode == 2
-  assert "max_positions" in proc.stderr and "128" in proc.stderr
+def test_sequence_longer_than_max_positions(tmp_path, tiny_run_in_process):
+  code, stderr = tiny_run_in_process(tmp_path, "--gin.SEQUENCE_LENGTH=128")  # tiny run caps positions at 64
+  assert code == 2
+  assert "max_positions" in stderr and "128" in stderr
 
 
-def test_unwritable_model_dir(tmp_path, tiny_run):
+def test_unwritable_model_dir(tmp_path, tiny_run_in_process):
   blocker = tmp_path / "a_file"
   blocker.write_text("not a directory")
-  proc = tiny_run(blocker / "run")
-  assert proc.returncode == 2
-  assert "not writable" in proc.stderr and "MODEL_DIR" in proc.stderr
+  code, stderr = tiny_run_in_process(blocker / "run")
+  assert code == 2
+  assert "not writable" in stderr and "MODEL_DIR" in stderr
 
 
 def test_checkpoint_of_another_shape_is_refused(tmp_path, tiny_run):
@@ -130,8 +132,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_run
 
 
 def test_eval_and_infer_modes_use_the_checkpoint(tmp_path, tiny_run):
-  _assert_ok(tiny_run(tmp_path, "--gin.TRAIN_STEPS=2"))
-  _assert_ok(tiny_run(tmp_path, run_mode="eval"))
+  _assert_ok(tiny_run(tmp_path, "--gin.TRAIN_STEPS=2", EVAL_SPLIT))
+  assert any("eval/loss" in l for l in (tmp_path / "metrics.jsonl").read_text().splitlines())
+  _assert_ok(tiny_run(tmp_path, EVAL_SPLIT, run_mode="eval"))
   result = json.loads((tmp_path / "eval_results.json").read_text())
   assert result["step"] == 2 and np.isfinite(result["loss"])
   _assert_ok(tiny_run(tmp_path, run_mode="infer"))
@@ -139,6 +142,6 @@ def test_eval_and_infer_modes_use_the_checkpoint(tmp_path, tiny_run):
   assert rows and "<mask>" not in rows[0]["filled"] and len(rows[0]["candidates"]) == 1
 
 
-def test_eval_without_checkpoint_is_a_clear_error(tmp_path, tiny_run):
-  proc = tiny_run(tmp_path, run_mode="eval")
-  assert proc.returncode == 2 and "No checkpoint" in proc.stderr
+def test_eval_without_checkpoint_is_a_clear_error(tmp_path, tiny_run_in_process):
+  code, stderr = tiny_run_in_process(tmp_path, EVAL_SPLIT, run_mode="eval")
+  assert code == 2 and "No checkpoint" in stderr

@@ -1,0 +1,31 @@
+"""Executes the Colab notebooks on CPU with a short run."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import pytest
+
+nbclient = pytest.importorskip("nbclient")
+nbformat = pytest.importorskip("nbformat")
+
+COLAB_DIR = pathlib.Path(__file__).resolve().parent.parent / "colab"
+
+
+def test_quickstart_notebook_runs(tmp_path, monkeypatch):
+  monkeypatch.setenv("LMLAB_NOTEBOOK_STEPS", "20")
+  monkeypatch.setenv("LMLAB_NOTEBOOK_MODEL_DIR", str(tmp_path))
+  monkeypatch.setenv("MPLBACKEND", "Agg")
+  repo = str(COLAB_DIR.parent)
+  monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
+  notebook = nbformat.read(COLAB_DIR / "quickstart.ipynb", as_version=4)
+  client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                                   resources={"metadata": {"path": str(COLAB_DIR)}})
+  client.execute()
+  records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert any("eval/loss" in r for r in records) and any("train/loss" in r for r in records)
+  assert (tmp_path / "loss_curves.png").stat().st_size > 1000
+  rows = (tmp_path / "inference" / "fill_mask.jsonl").read_text().splitlines()
+  assert len(rows) == 2 and all("<mask>" not in json.loads(r)["filled"] for r in rows)
