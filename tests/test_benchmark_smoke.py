@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
+import sys
 
 import jax
 import numpy as np
@@ -16,6 +17,7 @@ BENCH = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "benchm
 def bench():
   spec = importlib.util.spec_from_file_location("bench_encoder_vs_hf", BENCH)
   module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # dataclasses look their module up there
   spec.loader.exec_module(module)
   return module
 
