@@ -26,7 +26,7 @@ RUN_MODES = ("train", "eval", "infer")
 
 def _data_api():
   # Imported lazily: it pulls in TensorFlow and registers the lmlab tasks.
-  from lmlab.data import pipeline, tasks  # noqa: F401  pylint: disable=g-import-not-at-top
+  from lmlab.data import pipeline  # pylint: disable=g-import-not-at-top
   return pipeline
 
 

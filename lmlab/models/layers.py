@@ -95,69 +95,21 @@ def dense(config: EncoderConfig, features: Features, kernel_axes: AxisNames, *, 
       init_stddev=config.initializer_range, name=name)
 
 
-class LayerNorm(nn.Module):
-  """Layer normalisation over the last axis, computed in float32.
-
-  Attributes:
-    eps: Added to the variance for stability.
-    use_bias: Learn an additive bias (beta) besides the scale (gamma).
-    dtype: Dtype of the output.
-    param_dtype: Storage dtype of scale and bias.
-  """
-
-  eps: float = 1e-12
-  use_bias: bool = True
-  dtype: jnp.dtype = jnp.float32
-  param_dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    features = x.shape[-1]
-    x = jnp.asarray(x, jnp.float32)
-    mean = jnp.mean(x, axis=-1, keepdims=True)
-    centered = x - mean
-    var = jnp.mean(jnp.square(centered), axis=-1, keepdims=True)
-    y = centered * jax.lax.rsqrt(var + self.eps)
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                       (features,), self.param_dtype)
-    y = y * jnp.asarray(scale, jnp.float32)
-    if self.use_bias:
-      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-                        (features,), self.param_dtype)
-      y = y + jnp.asarray(bias, jnp.float32)
-    return jnp.asarray(y, self.dtype)
-
-
-class RMSNorm(nn.Module):
-  """Root-mean-square normalisation (no mean subtraction, no bias), in float32.
-
-  Attributes:
-    eps: Added to the mean square for stability.
-    dtype: Dtype of the output.
-    param_dtype: Storage dtype of the scale.
-  """
-
-  eps: float = 1e-6
-  dtype: jnp.dtype = jnp.float32
-  param_dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    features = x.shape[-1]
-    x = jnp.asarray(x, jnp.float32)
-    y = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                       (features,), self.param_dtype)
-    return jnp.asarray(y * jnp.asarray(scale, jnp.float32), self.dtype)
-
-
 def make_norm(config: EncoderConfig, name: Optional[str] = None) -> nn.Module:
-  """The norm layer the config asks for (``layernorm`` or ``rmsnorm``)."""
+  """Flax's LayerNorm or RMSNorm as the config asks, with ``("embed",)`` parameters.
+
+  Statistics are reduced in float32 whatever the compute dtype; LayerNorm uses
+  the two-pass variance (as BERT implementations do) rather than E[x^2]-E[x]^2.
+  """
+  scale_init = nn.with_logical_partitioning(nn.initializers.ones, ("embed",))
+  common = dict(epsilon=config.norm_eps, dtype=config.compute_dtype,
+                param_dtype=config.parameter_dtype, scale_init=scale_init,
+                force_float32_reductions=True, name=name)
   if config.norm_type == "rmsnorm":
-    return RMSNorm(eps=config.norm_eps, dtype=config.compute_dtype,
-                   param_dtype=config.parameter_dtype, name=name)
-  return LayerNorm(eps=config.norm_eps, use_bias=config.use_bias, dtype=config.compute_dtype,
-                   param_dtype=config.parameter_dtype, name=name)
+    return nn.RMSNorm(**common)
+  return nn.LayerNorm(use_bias=config.use_bias, use_fast_variance=False,
+                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+                      **common)
 
 
 def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:

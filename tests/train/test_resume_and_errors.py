@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shutil
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-import pytest
 
 EVAL_SPLIT = "--gin.DataConfig.eval_split='validation'"
 
