@@ -8,7 +8,7 @@ is what lets gin reject a misspelt name at parse time.
 
 import gin
 
-from lmlab import model_wrappers, optimizers, run_config, runs  # noqa: F401  (registers)
+from lmlab import model_wrappers, optimizers, partitioning, run_config, runs  # noqa: F401  (registers)
 from lmlab.data import preprocessors, tasks  # noqa: F401  (registers preprocessors and tasks)
 from lmlab.models import config as model_config
 

@@ -44,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--run_mode", default="train", choices=("train", "eval", "infer"))
   parser.add_argument("--tfds_data_dir", default=None,
                       help="Directory of prepared TFDS datasets (for tasks such as lmlab.c4_mlm).")
+  multi = parser.add_argument_group(
+      "multi-process", "Join a run of several processes (hosts). Not needed on TPU pods, SLURM or "
+      "Open MPI, where JAX finds its peers itself; give all three flags otherwise.")
+  multi.add_argument("--coordinator_address", default=None,
+                     help="HOST:PORT of process 0, reachable from every process.")
+  multi.add_argument("--num_processes", type=int, default=None, help="Number of processes.")
+  multi.add_argument("--process_id", type=int, default=None, help="This process's index.")
   return parser
 
 
@@ -97,6 +104,8 @@ def main(argv: Optional[Sequence[str]] = None) -> object:
     bindings = [*args.gin_bindings, *macro_bindings, f"run.run_mode = {args.run_mode!r}"]
     if args.tfds_data_dir:
       bindings.append(f"DataConfig.tfds_data_dir = {args.tfds_data_dir!r}")
+    from lmlab import multihost  # pylint: disable=g-import-not-at-top
+    multihost.initialize(args.coordinator_address, args.num_processes, args.process_id)
     parse_gin(args.gin_file, bindings, search)
     from lmlab import runs  # pylint: disable=g-import-not-at-top
     result = runs.run()
@@ -105,7 +114,9 @@ def main(argv: Optional[Sequence[str]] = None) -> object:
       raise
     print(f"lmlab: error: {e}", file=sys.stderr)
     raise SystemExit(2) from None
-  print_summary(result)
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0:
+    print_summary(result)
   return result
 
 

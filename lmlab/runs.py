@@ -17,8 +17,9 @@ import numpy as np
 
 from lmlab.model_wrappers import MaskedLMModel
 from lmlab.optimizers import OptimizerConfig
+from lmlab.partitioning import MeshConfig, Partitioner
 from lmlab.run_config import DataConfig, TrainConfig
-from lmlab.trainer import Trainer, TrainSummary, ensure_writable, evaluate, make_eval_step
+from lmlab.trainer import Trainer, TrainSummary, ensure_writable, evaluate
 
 logger = logging.getLogger(__name__)
 RUN_MODES = ("train", "eval", "infer")
@@ -34,10 +35,20 @@ def _numpy_batches(dataset):
   return ({k: v._numpy() for k, v in batch.items()} for batch in dataset)  # pylint: disable=protected-access
 
 
+def per_process_rows(global_batch_size: int, what: str = "TrainConfig.batch_size") -> int:
+  """This process's share of a global batch (each process reads its own data shard)."""
+  if global_batch_size % jax.process_count():
+    raise ValueError(f"{what}={global_batch_size} is not divisible by the {jax.process_count()} "
+                     "processes; use a multiple of the process count.")
+  return global_batch_size // jax.process_count()
+
+
 def _eval_batches(data: DataConfig, batch_size: int):
+  """Evaluation batches of ``batch_size`` rows in all, this process's rows only."""
   pipeline = _data_api()
   dataset = pipeline.get_dataset(
-      data.mixture_or_task_name, data.eval_split, data.sequence_length, batch_size,
+      data.mixture_or_task_name, data.eval_split, data.sequence_length,
+      per_process_rows(batch_size, "TrainConfig.eval_batch_size"),
       shuffle=False, seed=data.seed, repeat=False, shard_id=jax.process_index(),
       num_shards=jax.process_count(), tfds_data_dir=data.tfds_data_dir)
   return lambda: dataset.as_numpy_iterator()
@@ -77,7 +88,8 @@ def train(model: MaskedLMModel, data: DataConfig, config: TrainConfig,
           optimizer: OptimizerConfig) -> TrainSummary:
   """Pretrains ``model`` on ``data``, resuming from ``config.model_dir`` if it holds checkpoints."""
   pipeline = _data_api()
-  per_process_batch = config.batch_size // jax.process_count()
+  trainer = Trainer(model, optimizer, config, Partitioner(MeshConfig()))
+  per_process_batch = per_process_rows(config.batch_size)
   dataset = pipeline.get_dataset(
       data.mixture_or_task_name, data.train_split, data.sequence_length, per_process_batch,
       shuffle=data.shuffle, seed=data.seed, repeat=True, shard_id=jax.process_index(),
@@ -86,7 +98,6 @@ def train(model: MaskedLMModel, data: DataConfig, config: TrainConfig,
   eval_batches = None
   if data.eval_split:
     eval_batches = _eval_batches(data, config.eval_batch_size or config.batch_size)
-  trainer = Trainer(model, optimizer, config)
   summary = trainer.train(_numpy_batches(iterator), data_iterator=iterator,
                           eval_batches=eval_batches, sequence_length=data.sequence_length)
   _write_config(config.model_dir, "config.operative.gin", gin.operative_config_str())
@@ -94,25 +105,26 @@ def train(model: MaskedLMModel, data: DataConfig, config: TrainConfig,
 
 
 def restore_params(model: MaskedLMModel, config: TrainConfig, sequence_length: int):
-  """Step and parameters of the newest checkpoint in MODEL_DIR (error if there is none).
+  """Trainer, step and parameters of the newest checkpoint in MODEL_DIR (error if none).
 
   The optimizer config comes from gin, as in training, so the restored state
-  has the structure the checkpoint was written with.
+  has the structure the checkpoint was written with; the mesh may differ
+  from the one it was written under.
   """
-  trainer = Trainer(model, OptimizerConfig(), config)
+  trainer = Trainer(model, OptimizerConfig(), config, Partitioner(MeshConfig()))
   if trainer.checkpointer.latest_step() is None:
     raise FileNotFoundError(
         f"No checkpoint in {trainer.checkpointer.directory}: train first (--run_mode=train) or "
         "point --gin.MODEL_DIR at a directory holding a trained run.")
   state, _ = trainer.initial_state(sequence_length)
   trainer.checkpointer.close()
-  return int(state.step), state.params
+  return trainer, int(state.step), state.params
 
 
 def run_eval(model: MaskedLMModel, data: DataConfig, config: TrainConfig) -> dict:
   """Scores the newest checkpoint on the eval split and writes eval_results.json."""
-  step, params = restore_params(model, config, data.sequence_length)
-  metrics = evaluate(jax.jit(make_eval_step(model)), params,
+  trainer, step, params = restore_params(model, config, data.sequence_length)
+  metrics = evaluate(trainer.eval_step, params,
                      _eval_batches(data, config.eval_batch_size or config.batch_size)(), 0)
   result = {"step": step, "task": data.mixture_or_task_name, "split": data.eval_split, **metrics}
   _write_config(config.model_dir, "eval_results.json", json.dumps(result, indent=2) + "\n")
@@ -131,7 +143,7 @@ def run_infer(model: MaskedLMModel, data: DataConfig, config: TrainConfig, top_k
   pipeline = _data_api()
   vocab = pipeline.vocabulary_for(data.mixture_or_task_name)
   mask = vocabularies.mask_id(vocab)
-  step, params = restore_params(model, config, data.sequence_length)
+  _, step, params = restore_params(model, config, data.sequence_length)
   results = []
   for text in fill_mask_inputs():
     ids: list[int] = []

@@ -2,8 +2,10 @@
 
 The loop is model-agnostic: it asks a model wrapper (``lmlab.model_wrappers``)
 for summed loss statistics, normalises once per optimizer step by the total
-loss weight (so gradient accumulation gives the same update as one big
-batch), and leaves checkpoint mechanics to ``lmlab.checkpointing``.
+loss weight (so gradient accumulation and data parallelism give the same
+update as one big batch on one device), leaves placement on devices to a
+``lmlab.partitioning.Partitioner`` and checkpoint mechanics to
+``lmlab.checkpointing``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from lmlab import checkpointing
 from lmlab.metric_logging import MetricLogger
 from lmlab.model_wrappers import metrics_from_sums
 from lmlab.optimizers import OptimizerConfig, make_optimizer, make_schedule
+from lmlab.partitioning import Partitioner
 from lmlab.run_config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -49,16 +52,40 @@ class TrainState:
 
 def create_train_state(model, optimizer: optax.GradientTransformation, seed: int,
                        batch_size: int, sequence_length: int) -> TrainState:
-  """Freshly initialised state (parameters unboxed from their axis metadata)."""
+  """Freshly initialised state (parameters unboxed from their axis metadata).
+
+  Call it under ``jax.jit`` with ``out_shardings`` to create every array
+  directly in its shards.
+  """
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
   params = nn.meta.unbox(model.init(init_rng, batch_size, sequence_length))
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=optimizer.init(params), rng=train_rng)
 
 
+def state_shardings(partitioner: Partitioner, model, optimizer: optax.GradientTransformation,
+                    batch_size: int, sequence_length: int) -> TrainState:
+  """Where each array of the train state lives, from the model's logical axis names."""
+  with partitioner.context():
+    boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch_size, sequence_length))
+  params = partitioner.param_shardings(boxed)
+  opt_state = partitioner.optimizer_state_shardings(
+      optimizer, jax.eval_shape(optimizer.init, nn.meta.unbox(boxed)), params)
+  replicated = partitioner.replicated()
+  return TrainState(step=replicated, params=params, opt_state=opt_state, rng=replicated)
+
+
 def _split_microbatches(batch: Batch, accum_steps: int) -> Batch:
-  return jax.tree_util.tree_map(
-      lambda x: x.reshape((accum_steps, x.shape[0] // accum_steps) + x.shape[1:]), batch)
+  """``[accum_steps, rows // accum_steps, ...]``; micro-batch ``i`` takes rows ``i::accum_steps``.
+
+  Strided rows keep every micro-batch spread over all data-parallel shards
+  (each device holds a contiguous block of the global batch), so splitting
+  moves no data between devices.
+  """
+  def split(x):
+    x = x.reshape((x.shape[0] // accum_steps, accum_steps) + x.shape[1:]).swapaxes(0, 1)
+    return nn.with_logical_constraint(x, (None, "batch") + (None,) * (x.ndim - 2))
+  return jax.tree_util.tree_map(split, batch)
 
 
 def make_train_step(model, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
@@ -146,32 +173,68 @@ class TrainSummary:
 
 
 class Trainer:
-  """Runs pretraining: init or resume, step, log, evaluate, checkpoint."""
+  """Runs pretraining: init or resume, step, log, evaluate, checkpoint.
 
-  def __init__(self, model, optimizer_config: OptimizerConfig, config: TrainConfig):
+  Arrays live where ``partitioner`` says (default: data parallel over all
+  devices). The state is created directly in its shards, steps are jitted
+  with explicit input and output shardings, and batches arrive as this
+  process's rows and are assembled into global arrays.
+  """
+
+  def __init__(self, model, optimizer_config: OptimizerConfig, config: TrainConfig,
+               partitioner: Optional[Partitioner] = None):
     self.model = model
     self.config = config
+    self.partitioner = partitioner or Partitioner()
+    self.partitioner.check_batch_size(
+        config.batch_size // config.grad_accum_steps,
+        "TrainConfig.batch_size // grad_accum_steps" if config.grad_accum_steps > 1
+        else "TrainConfig.batch_size")
+    if config.eval_batch_size:
+      self.partitioner.check_batch_size(config.eval_batch_size, "TrainConfig.eval_batch_size")
     self.schedule = make_schedule(optimizer_config, config.train_steps)
     self.optimizer = make_optimizer(optimizer_config, config.train_steps)
-    self.train_step = jax.jit(
-        make_train_step(model, self.optimizer, self.schedule, config.grad_accum_steps),
-        donate_argnums=(0,))
-    self.eval_step = jax.jit(make_eval_step(model))
     self.checkpointer = checkpointing.Checkpointer(
         os.path.join(config.model_dir, "checkpoints"), keep=config.keep_checkpoints,
         async_save=config.async_checkpointing)
+    self.state_shardings = None
+
+  def _build_steps(self, sequence_length: int) -> None:
+    """Shardings of the state, and the train/eval steps jitted with them."""
+    p, cfg = self.partitioner, self.config
+    self.state_shardings = state_shardings(p, self.model, self.optimizer, p.data_parallel_size,
+                                           sequence_length)
+    batch_sharding = p.batch_sharding(2)
+    train_step = p.jit(make_train_step(self.model, self.optimizer, self.schedule,
+                                       cfg.grad_accum_steps),
+                       in_shardings=(self.state_shardings, batch_sharding),
+                       out_shardings=(self.state_shardings, p.replicated()), donate_argnums=(0,))
+    eval_step = p.jit(make_eval_step(self.model),
+                      in_shardings=(self.state_shardings.params, batch_sharding),
+                      out_shardings=p.replicated())
+    self.train_step = lambda state, batch: train_step(state, p.shard_batch(batch))
+    self.eval_step = lambda params, batch: eval_step(params, p.shard_batch(batch))
 
   def initial_state(self, sequence_length: int, data_iterator=None) -> tuple[TrainState, bool]:
-    """Restores the newest good checkpoint, else initialises; returns (state, resumed)."""
+    """Restores the newest good checkpoint, else initialises; returns (state, resumed).
+
+    A checkpoint is restored straight into this run's shardings, whatever
+    mesh it was written under.
+    """
+    self._build_steps(sequence_length)
+    p = self.partitioner
     make = lambda: create_train_state(self.model, self.optimizer, self.config.seed,
-                                      self.config.batch_size // self.config.grad_accum_steps,
-                                      sequence_length)
-    abstract = jax.eval_shape(make)
+                                      p.data_parallel_size, sequence_length)
+    with p.context():
+      abstract = jax.eval_shape(make)
+    abstract = jax.tree_util.tree_map(
+        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+        abstract, self.state_shardings)
     step, restored = self.checkpointer.restore_latest(abstract, data_iterator)
     if step is not None:
       logger.info("Resumed from checkpoint step %d in %s", step, self.checkpointer.directory)
       return restored, True
-    return jax.jit(make)(), False
+    return p.jit(make, out_shardings=self.state_shardings)(), False
 
   def train(self, train_batches: Iterator[Batch], data_iterator=None,
             eval_batches: Optional[Callable[[], Iterator[Batch]]] = None,

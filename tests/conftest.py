@@ -12,6 +12,13 @@ import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Eight fake CPU devices for this process and the runs it starts, so sharding
+# is exercised everywhere (set before JAX initialises its backends). A test
+# that uses plain jax.jit still runs on device 0.
+FAKE_DEVICES = 8
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             f" --xla_force_host_platform_device_count={FAKE_DEVICES}").strip()
 
 # Small enough that a CLI run takes seconds on 2 CPU cores.
 TINY_RUN_BINDINGS = (
@@ -21,7 +28,7 @@ TINY_RUN_BINDINGS = (
     "--gin.EncoderConfig.d_ff=64",
     "--gin.EncoderConfig.max_positions=64",
     "--gin.SEQUENCE_LENGTH=32",
-    "--gin.BATCH_SIZE=4",
+    "--gin.BATCH_SIZE=8",  # divisible by the 8 fake devices
     "--gin.WARMUP_STEPS=2",
     "--gin.TrainConfig.eval_steps=2",
     "--gin.TrainConfig.eval_every=0",
