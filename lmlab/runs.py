@@ -84,17 +84,22 @@ def prepare(model: Optional[MaskedLMModel], data: DataConfig, model_dir: str) ->
   return model.with_vocab_size(pipeline.vocabulary_for(data.mixture_or_task_name).vocab_size)
 
 
+def train_dataset(data: DataConfig, rows: int, shard_id: Optional[int] = None,
+                  num_shards: Optional[int] = None):
+  """Endless training batches of ``rows`` rows from data shard ``shard_id`` (default: this process's)."""
+  return _data_api().get_dataset(
+      data.mixture_or_task_name, data.train_split, data.sequence_length, rows,
+      shuffle=data.shuffle, seed=data.seed, repeat=True,
+      shard_id=jax.process_index() if shard_id is None else shard_id,
+      num_shards=jax.process_count() if num_shards is None else num_shards,
+      tfds_data_dir=data.tfds_data_dir)
+
+
 def train(model: MaskedLMModel, data: DataConfig, config: TrainConfig,
           optimizer: OptimizerConfig) -> TrainSummary:
   """Pretrains ``model`` on ``data``, resuming from ``config.model_dir`` if it holds checkpoints."""
-  pipeline = _data_api()
   trainer = Trainer(model, optimizer, config, Partitioner(MeshConfig()))
-  per_process_batch = per_process_rows(config.batch_size)
-  dataset = pipeline.get_dataset(
-      data.mixture_or_task_name, data.train_split, data.sequence_length, per_process_batch,
-      shuffle=data.shuffle, seed=data.seed, repeat=True, shard_id=jax.process_index(),
-      num_shards=jax.process_count(), tfds_data_dir=data.tfds_data_dir)
-  iterator = iter(dataset)
+  iterator = iter(train_dataset(data, per_process_rows(config.batch_size)))
   eval_batches = None
   if data.eval_split:
     eval_batches = _eval_batches(data, config.eval_batch_size or config.batch_size)

@@ -40,6 +40,12 @@ EVAL_SPLIT = "--gin.DataConfig.eval_split='validation'"
 
 
 @pytest.fixture(scope="session")
+def tiny_run_bindings() -> tuple[str, ...]:
+  """The ``--gin.X=Y`` flags that make a quickstart run tiny."""
+  return TINY_RUN_BINDINGS
+
+
+@pytest.fixture(scope="session")
 def compile_cache(tmp_path_factory) -> str:
   """One persistent XLA compilation cache for all CLI runs of the session."""
   return str(tmp_path_factory.mktemp("jax_cache"))
