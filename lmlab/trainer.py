@@ -128,14 +128,31 @@ def make_eval_step(model) -> Callable[[Any, Batch], dict]:
   return lambda params, batch: model.loss_sums(params, batch)
 
 
+def _all_processes_have_batch(has_batch: bool) -> bool:
+  """Whether every process still has an eval batch (a collective; trivially local on one)."""
+  if jax.process_count() == 1:
+    return has_batch
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.all(multihost_utils.process_allgather(np.asarray(has_batch))))
+
+
 def evaluate(eval_step, params, batches: Iterator[Batch], max_batches: int = 0) -> dict[str, float]:
-  """Loss/accuracy/perplexity over ``max_batches`` batches (0: all)."""
+  """Loss/accuracy/perplexity over ``max_batches`` batches (0: all).
+
+  With several processes each reads its own shard, and shards may hold
+  different numbers of batches; evaluation stops when any process runs out,
+  so every process takes part in every step.
+  """
   totals: dict[str, float] = {}
-  for i, batch in enumerate(batches):
-    if max_batches and i >= max_batches:
+  iterator = iter(batches)
+  count = 0
+  while not max_batches or count < max_batches:
+    batch = next(iterator, None)
+    if not _all_processes_have_batch(batch is not None):
       break
     for k, v in jax.device_get(eval_step(params, batch)).items():
       totals[k] = totals.get(k, 0.0) + float(v)
+    count += 1
   if not totals:
     raise ValueError("The evaluation split yielded no batch: use a smaller eval_batch_size.")
   return metrics_from_sums(totals)

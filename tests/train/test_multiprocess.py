@@ -41,7 +41,8 @@ def _free_port() -> int:
 def _flags(model_dir, tiny_bindings) -> list[str]:
   return ["--gin_file=runs/quickstart.gin", "--gin_file=partitioning/fsdp.gin",
           "--gin.MeshConfig.dcn_shape=(2, 1, 1)", f"--gin.MODEL_DIR='{model_dir}'",
-          f"--gin.TRAIN_STEPS={STEPS}", *tiny_bindings]
+          f"--gin.TRAIN_STEPS={STEPS}", *tiny_bindings,
+          "--gin.DataConfig.eval_split='validation'"]  # eval steps are collectives too
 
 
 def _start(process_id: int, port: int, flags: list[str]) -> subprocess.Popen:
@@ -93,6 +94,9 @@ def test_two_processes_train_together_like_one(tmp_path, tiny_run_bindings):
   assert not np.array_equal(first_rows[0], first_rows[1]), "the two shards gave the same rows"
 
   records = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
+  evals = [r for r in records if "eval/loss" in r]
+  assert [r["step"] for r in evals] == [0, STEPS]
+  records = [r for r in records if "train/loss" in r]
   assert [r["step"] for r in records] == list(range(1, STEPS + 1))  # process 0 alone wrote
   np.testing.assert_allclose([r["train/loss"] for r in records], losses, rtol=1e-5)
   data_files = os.listdir(model_dir / "checkpoints" / str(STEPS) / "data")
