@@ -128,14 +128,12 @@ gcloud_common_args() {
   printf '%s\0' "${args[@]}"
 }
 
-# Runs a shell script on all workers of all slices named in TPU_NAME, at once.
-run_on_all_workers() {
-  local script=$1 name status=0
-  local -a common pids=()
-  mapfile -d '' -t common < <(gcloud_common_args)
+# Runs "$@ SLICE_NAME" for every slice named in TPU_NAME, all at once; fails if any failed.
+for_each_slice() {
+  local name pid status=0
+  local -a pids=()
   for name in "${TPU_NAMES[@]}"; do
-    gcloud compute tpus tpu-vm ssh "$name" "${common[@]}" --worker=all \
-      --command="bash -c $(shquote "$script")" &
+    "$@" "$name" &
     pids+=("$!")
   done
   for pid in "${pids[@]}"; do
@@ -144,19 +142,22 @@ run_on_all_workers() {
   return "$status"
 }
 
-copy_to_all_workers() {
-  local local_path=$1 remote_path=$2 name status=0
-  local -a common pids=()
+ssh_slice() {  # SCRIPT SLICE_NAME: run SCRIPT on every worker of the slice
+  local -a common
   mapfile -d '' -t common < <(gcloud_common_args)
-  for name in "${TPU_NAMES[@]}"; do
-    gcloud compute tpus tpu-vm scp "$local_path" "$name:$remote_path" "${common[@]}" --worker=all &
-    pids+=("$!")
-  done
-  for pid in "${pids[@]}"; do
-    wait "$pid" || status=$?
-  done
-  return "$status"
+  gcloud compute tpus tpu-vm ssh "$2" "${common[@]}" --worker=all --command="bash -c $(shquote "$1")"
 }
+
+scp_slice() {  # LOCAL_PATH REMOTE_PATH SLICE_NAME: copy a file to every worker of the slice
+  local -a common
+  mapfile -d '' -t common < <(gcloud_common_args)
+  gcloud compute tpus tpu-vm scp "$1" "$3:$2" "${common[@]}" --worker=all
+}
+
+# Runs a shell script on all workers of all slices named in TPU_NAME, at once.
+run_on_all_workers() { for_each_slice ssh_slice "$1"; }
+
+copy_to_all_workers() { for_each_slice scp_slice "$1" "$2"; }
 
 cmd_setup() {
   local get_code
