@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+import jax
 import jax.numpy as jnp
 
 MLP_ACTIVATIONS = ("gelu", "relu", "silu", "gated_gelu", "gated_silu")
@@ -18,6 +19,13 @@ NORM_POSITIONS = ("post", "pre")
 POSITION_SCHEMES = ("learned", "rope", "alibi")
 ATTENTION_BACKENDS = ("xla",)
 DTYPES = ("float32", "bfloat16", "float16")
+# Name -> ``jax.checkpoint`` policy; "none" disables rematerialisation.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +66,18 @@ class EncoderConfig:
     initializer_range: Standard deviation of the truncated-normal init.
     pad_id: Token id of padding; positions holding it are never attended to
       when no segment ids are given.
+    scan_layers: Run the blocks with ``nn.scan`` over one stacked set of
+      parameters (``encoder/layers/...`` with a leading ``layers`` axis)
+      instead of unrolling ``num_layers`` copies (``encoder/layers_<i>/...``).
+      Compile time then no longer grows with depth, which matters for deep
+      models and quick sweeps; the math is the same, but dropout masks differ
+      from the unrolled model's (the dropout rng is split per layer).
+    remat_policy: Rematerialisation (activation checkpointing) of each block:
+      ``none`` keeps all activations for the backward pass; ``full`` saves
+      only block inputs and recomputes the block; ``dots`` saves matmul
+      outputs; ``dots_no_batch`` saves only matmuls without batch dimensions
+      (the weight projections, not attention scores). Trades backward-pass
+      recompute for activation memory, allowing larger batches or models.
   """
 
   vocab_size: Optional[int] = None
@@ -84,6 +104,8 @@ class EncoderConfig:
   attention_backend: str = "xla"
   initializer_range: float = 0.02
   pad_id: int = 0
+  scan_layers: bool = False
+  remat_policy: str = "none"
 
   def __post_init__(self):
     choices = {
@@ -94,6 +116,7 @@ class EncoderConfig:
         "attention_backend": ATTENTION_BACKENDS,
         "dtype": DTYPES,
         "param_dtype": DTYPES,
+        "remat_policy": tuple(REMAT_POLICIES),
     }
     for name, allowed in choices.items():
       value = getattr(self, name)

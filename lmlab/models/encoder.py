@@ -17,6 +17,12 @@ Parameter tree (``params`` collection) of ``EncoderForMaskedLM``::
   encoder/final_norm/...              (pre-LN only)
   mlm_head/{transform,norm}/...; mlm_head/bias (tied, when use_bias) or mlm_head/decoder/...
 
+With ``scan_layers`` the blocks are one module whose parameters are stacked
+along a new leading axis of size ``num_layers`` (logical axis ``layers``)::
+
+  encoder/layers/attention/{query,key,value,out}/{kernel,bias}   [num_layers, ...]
+  encoder/layers/{attention_norm,mlp_norm,mlp}/...               [num_layers, ...]
+
 Biases exist only when ``use_bias``; ``position_embedder`` only for learned
 positions, ``token_type_embedder`` only when ``num_token_types > 0``.
 ``EncoderForSequenceClassification`` has ``encoder``, ``pooler`` and
@@ -25,6 +31,7 @@ positions, ``token_type_embedder`` only when ``num_token_types > 0``.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional
 
 import flax.linen as nn
@@ -33,7 +40,7 @@ import jax.numpy as jnp
 
 from lmlab.models import layers
 from lmlab.models.attention import dot_product_attention, make_attention_mask
-from lmlab.models.config import EncoderConfig
+from lmlab.models.config import REMAT_POLICIES, EncoderConfig
 
 POOLINGS = ("cls", "mean")
 
@@ -97,8 +104,9 @@ class EncoderLayer(nn.Module):
   config: EncoderConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, mask: jax.Array, bias: Optional[jax.Array],
+  def __call__(self, x: jax.Array, mask: jax.Array, bias: Optional[jax.Array],
                positions: jax.Array, deterministic: bool) -> jax.Array:
+    # Positional arguments so that ``nn.remat`` can mark ``deterministic`` static.
     cfg = self.config
     attention = SelfAttention(cfg, name="attention")
     mlp = layers.Mlp(cfg, name="mlp")
@@ -119,6 +127,43 @@ class EncoderLayer(nn.Module):
       x = attention_norm(x + attend(x))
       x = mlp_norm(x + feed_forward(x))
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+class _ScannedEncoderLayer(EncoderLayer):
+  """``EncoderLayer`` with the ``(carry, output)`` signature that ``nn.scan`` expects."""
+
+  def __call__(self, x: jax.Array, mask: jax.Array, bias: Optional[jax.Array],
+               positions: jax.Array, deterministic: bool) -> tuple[jax.Array, None]:
+    return super().__call__(x, mask, bias, positions, deterministic), None
+
+
+# Index of ``deterministic`` in ``EncoderLayer.__call__`` counting ``self`` as 0,
+# which is how ``nn.remat`` counts ``static_argnums``.
+_DETERMINISTIC_ARGNUM = 5
+
+
+@functools.lru_cache(maxsize=None)
+def _layer_class(scan_length: int, remat_policy: str) -> type[nn.Module]:
+  """``EncoderLayer`` lifted through ``nn.remat`` and/or ``nn.scan``.
+
+  Args:
+    scan_length: Number of scanned layers; 0 means no scan.
+    remat_policy: Key of ``REMAT_POLICIES``.
+  """
+  layer_cls = _ScannedEncoderLayer if scan_length else EncoderLayer
+  if remat_policy != "none":
+    # Inside scan, XLA cannot CSE the recompute into the forward pass anyway.
+    layer_cls = nn.remat(layer_cls, policy=REMAT_POLICIES[remat_policy],
+                         prevent_cse=not scan_length, static_argnums=(_DETERMINISTIC_ARGNUM,))
+  if scan_length:
+    layer_cls = nn.scan(
+        layer_cls,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast,) * 4,  # mask, bias, positions, deterministic
+        length=scan_length,
+        metadata_params={nn.PARTITION_NAME: "layers"})
+  return layer_cls
 
 
 class Embeddings(nn.Module):
@@ -181,7 +226,11 @@ class Encoder(nn.Module):
       raise ValueError("EncoderConfig.vocab_size is None: call config.with_vocab_size(n) with the "
                        "task's vocabulary size before building the model.")
     self.embeddings = Embeddings(cfg)
-    self.layers = [EncoderLayer(cfg) for _ in range(cfg.num_layers)]
+    if cfg.scan_layers:
+      self.layers = _layer_class(cfg.num_layers, cfg.remat_policy)(cfg)
+    else:  # A list names its modules layers_<i>.
+      layer_cls = _layer_class(0, cfg.remat_policy)
+      self.layers = [layer_cls(cfg) for _ in range(cfg.num_layers)]
     if cfg.norm_position == "pre":
       self.final_norm = layers.make_norm(cfg)
 
@@ -216,8 +265,11 @@ class Encoder(nn.Module):
     mask = make_attention_mask(segment_ids, segment_ids)
     bias = layers.alibi_bias(positions, cfg.num_heads) if cfg.position_scheme == "alibi" else None
     x = self.embeddings(input_ids, positions, token_type_ids, deterministic)
-    for layer in self.layers:
-      x = layer(x, mask=mask, bias=bias, positions=positions, deterministic=deterministic)
+    if cfg.scan_layers:
+      x, _ = self.layers(x, mask, bias, positions, deterministic)
+    else:
+      for layer in self.layers:
+        x = layer(x, mask, bias, positions, deterministic)
     if cfg.norm_position == "pre":
       x = self.final_norm(x)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))

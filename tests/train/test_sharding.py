@@ -7,6 +7,7 @@ every parameter must be laid out as the rules table says.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import gin
@@ -42,11 +43,11 @@ def _batch(seed: int) -> dict:
           "positions": np.tile(np.arange(LENGTH, dtype=np.int32), (BATCH, 1))}
 
 
-def _trainer(tmp_path, mesh: MeshConfig, accum_steps: int = 1) -> Trainer:
+def _trainer(tmp_path, mesh: MeshConfig, accum_steps: int = 1, model_config=CONFIG) -> Trainer:
   config = TrainConfig(model_dir=str(tmp_path), train_steps=10, batch_size=BATCH,
                        grad_accum_steps=accum_steps, async_checkpointing=False)
   optimizer = OptimizerConfig(learning_rate=3e-3, warmup_steps=0, schedule="constant")
-  return Trainer(MaskedLMModel(CONFIG, max_prediction_fraction=0.5), optimizer, config,
+  return Trainer(MaskedLMModel(model_config, max_prediction_fraction=0.5), optimizer, config,
                  Partitioner(mesh))
 
 
@@ -109,6 +110,20 @@ def test_preset_matches_single_device(name, tmp_path, single_device_run):
     assert per_device == total
   else:  # all but the few 1-D, non-embed parameters (biases of heads/vocab) split
     assert per_device < total / (fsdp * tensor) * 1.2
+
+
+def test_scanned_rematerialised_layers_shard_and_match_one_device(tmp_path):
+  config = dataclasses.replace(CONFIG, scan_layers=True, remat_policy="full")
+  ref_state, ref_losses = _train(_trainer(tmp_path / "one", MeshConfig(num_devices=1), 1, config))
+  state, losses = _train(_trainer(tmp_path / "mesh", MeshConfig(ici_shape=(1, 4, 2)), 1, config))
+  np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+  for (path, got), (_, want) in zip(_leaves(state.params), _leaves(ref_state.params)):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=2e-5,
+                               err_msg=jax.tree_util.keystr(path))
+  query = state.params["encoder"]["layers"]["attention"]["query"]["kernel"]
+  assert query.shape == (2, 32, 2, 16)  # stacked: the "layers" axis stays whole
+  assert query.sharding.spec == P(None, "fsdp", "tensor", None)
+  assert {s.data.shape for s in query.addressable_shards} == {(2, 8, 1, 16)}
 
 
 def test_checkpoint_written_under_fsdp_restores_on_other_meshes(tmp_path):
