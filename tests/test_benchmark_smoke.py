@@ -39,3 +39,26 @@ def test_hf_half_has_the_same_parameter_count(bench):
   step, hf_params = bench.hf_runner(cfg)
   step()
   assert lmlab_params == hf_params
+
+
+SHARDING_BENCH = BENCH.parent / "bench_sharding.py"
+
+
+@pytest.fixture(scope="module")
+def sharding_bench():
+  spec = importlib.util.spec_from_file_location("bench_sharding", SHARDING_BENCH)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
+def test_sharding_benchmark_tables(sharding_bench):
+  lines = sharding_bench.memory_table(["tiny"])
+  ratios = {line.split()[2]: float(line.split()[-1].rstrip("x")) for line in lines[2:]}
+  assert ratios["DP"] == 1.0 and 0.1 < ratios["FSDP"] < 0.15 and 0.1 < ratios["FSDP+TP2"] < 0.15
+  micro = sharding_bench.EncoderConfig(vocab_size=256, d_model=32, num_layers=2, num_heads=2,
+                                       d_ff=64, max_positions=128, scan_layers=True)
+  partitioner = sharding_bench.Partitioner(sharding_bench.MeshConfig(ici_shape=(1, -1, 1)))
+  assert sharding_bench.compile_seconds(micro, partitioner, 8) > 0
