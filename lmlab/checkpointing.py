@@ -23,7 +23,6 @@ import time
 from typing import Any, Optional
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 import tensorflow as tf
 from etils import epath
@@ -147,13 +146,3 @@ class Checkpointer:
                    "falling back to the previous checkpoint.", step, type(error).__name__,
                    str(error).splitlines()[0] if str(error) else "", target)
     self._manager.reload()
-
-
-def abstract_like(tree: Any) -> Any:
-  """ShapeDtypeStructs (with shardings where present) describing ``tree``."""
-  def to_struct(x):
-    if isinstance(x, jax.Array):
-      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
-    x = np.asarray(x)
-    return jax.ShapeDtypeStruct(x.shape, x.dtype)
-  return jax.tree_util.tree_map(to_struct, tree)

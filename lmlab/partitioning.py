@@ -278,13 +278,22 @@ class Partitioner:
     def run(*args):
       with self.context():
         return jitted(*args)
-    run.lower = lambda *args: _lower_in(self, jitted, args)
+
+    def lower(*args):
+      with self.context():
+        return jitted.lower(*args)
+    run.lower = lower
     return run
 
 
-def _lower_in(partitioner: Partitioner, jitted, args):
-  with partitioner.context():
-    return jitted.lower(*args)
+def with_shardings(abstract: Any, shardings: Any) -> Any:
+  """``ShapeDtypeStruct``s of ``abstract`` carrying the matching ``shardings``.
+
+  What orbax restores into (resharding as needed) and what ``lower`` compiles for.
+  """
+  return jax.tree_util.tree_map(
+      lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+      abstract, shardings)
 
 
 def per_device_bytes(tree: Any) -> int:

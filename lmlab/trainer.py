@@ -29,7 +29,7 @@ from lmlab import checkpointing
 from lmlab.metric_logging import MetricLogger
 from lmlab.model_wrappers import metrics_from_sums
 from lmlab.optimizers import OptimizerConfig, make_optimizer, make_schedule
-from lmlab.partitioning import Partitioner
+from lmlab.partitioning import Partitioner, with_shardings
 from lmlab.run_config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -244,9 +244,7 @@ class Trainer:
                                       p.data_parallel_size, sequence_length)
     with p.context():
       abstract = jax.eval_shape(make)
-    abstract = jax.tree_util.tree_map(
-        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-        abstract, self.state_shardings)
+    abstract = with_shardings(abstract, self.state_shardings)
     step, restored = self.checkpointer.restore_latest(abstract, data_iterator)
     if step is not None:
       logger.info("Resumed from checkpoint step %d in %s", step, self.checkpointer.directory)

@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 from lmlab.model_wrappers import MaskedLMModel  # noqa: E402
 from lmlab.models import EncoderConfig  # noqa: E402
 from lmlab.optimizers import OptimizerConfig, make_optimizer, make_schedule  # noqa: E402
-from lmlab.partitioning import MeshConfig, Partitioner, per_device_bytes  # noqa: E402
+from lmlab.partitioning import MeshConfig, Partitioner, per_device_bytes, with_shardings  # noqa: E402
 from lmlab.trainer import create_train_state, make_train_step, state_shardings  # noqa: E402
 
 # Widths of the shipped presets (gin/models/tiny.gin, bert_base.gin).
@@ -51,8 +51,7 @@ def _abstract_state(partitioner: Partitioner, model: MaskedLMModel, optimizer, r
   shardings = state_shardings(partitioner, model, optimizer, rows, SEQUENCE_LENGTH)
   with partitioner.context():
     abstract = jax.eval_shape(lambda: create_train_state(model, optimizer, 0, rows, SEQUENCE_LENGTH))
-  return jax.tree_util.tree_map(
-      lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), abstract, shardings)
+  return with_shardings(abstract, shardings)
 
 
 def memory_table(model_names: list[str]) -> list[str]:
