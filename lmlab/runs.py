@@ -17,7 +17,6 @@ import numpy as np
 
 from lmlab.model_wrappers import MaskedLMModel
 from lmlab.optimizers import OptimizerConfig
-from lmlab.partitioning import MeshConfig, Partitioner
 from lmlab.run_config import DataConfig, TrainConfig
 from lmlab.trainer import Trainer, TrainSummary, ensure_writable, evaluate
 
@@ -98,7 +97,7 @@ def train_dataset(data: DataConfig, rows: int, shard_id: Optional[int] = None,
 def train(model: MaskedLMModel, data: DataConfig, config: TrainConfig,
           optimizer: OptimizerConfig) -> TrainSummary:
   """Pretrains ``model`` on ``data``, resuming from ``config.model_dir`` if it holds checkpoints."""
-  trainer = Trainer(model, optimizer, config, Partitioner(MeshConfig()))
+  trainer = Trainer(model, optimizer, config)
   iterator = iter(train_dataset(data, per_process_rows(config.batch_size)))
   eval_batches = None
   if data.eval_split:
@@ -116,7 +115,7 @@ def restore_params(model: MaskedLMModel, config: TrainConfig, sequence_length: i
   has the structure the checkpoint was written with; the mesh may differ
   from the one it was written under.
   """
-  trainer = Trainer(model, OptimizerConfig(), config, Partitioner(MeshConfig()))
+  trainer = Trainer(model, OptimizerConfig(), config)
   if trainer.checkpointer.latest_step() is None:
     raise FileNotFoundError(
         f"No checkpoint in {trainer.checkpointer.directory}: train first (--run_mode=train) or "

@@ -192,8 +192,8 @@ class TrainSummary:
 class Trainer:
   """Runs pretraining: init or resume, step, log, evaluate, checkpoint.
 
-  Arrays live where ``partitioner`` says (default: data parallel over all
-  devices). The state is created directly in its shards, steps are jitted
+  Arrays live where ``partitioner`` says (default: ``Partitioner()``, the gin-bound
+  ``MeshConfig``). The state is created directly in its shards, steps are jitted
   with explicit input and output shardings, and batches arrive as this
   process's rows and are assembled into global arrays.
   """
