@@ -59,6 +59,7 @@ DEFAULT_RULES: Rules = (
     ("positions", None),
     ("token_types", None),
     ("layers", None),
+    ("relpos_buckets", None),
 )
 
 

@@ -36,15 +36,16 @@ def make_attention_mask(segment_ids_q: jax.Array, segment_ids_kv: jax.Array) -> 
 def _xla_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
                    bias: Optional[jax.Array], mask: Optional[jax.Array],
                    dropout_rng: Optional[jax.Array], dropout_rate: float,
-                   deterministic: bool, dtype: jnp.dtype) -> jax.Array:
+                   deterministic: bool, dtype: jnp.dtype, scale: float) -> jax.Array:
   """Reference attention in plain ``jnp``: logits and softmax in float32.
 
   Masked entries get a zero probability after the softmax (not only a large
   negative logit), so a fully masked row yields zeros instead of NaN or an
   average over padding.
   """
-  head_dim = query.shape[-1]
-  query = jnp.asarray(query, dtype) * jnp.asarray(head_dim ** -0.5, dtype)
+  query = jnp.asarray(query, dtype)
+  if scale != 1.0:
+    query = query * jnp.asarray(scale, dtype)
   logits = jnp.einsum("bqhd,bkhd->bhqk", query, jnp.asarray(key, dtype),
                       preferred_element_type=jnp.float32)
   if bias is not None:
@@ -72,8 +73,9 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
                           dropout_rate: float = 0.0,
                           deterministic: bool = True,
                           backend: str = "xla",
-                          dtype: Optional[jnp.dtype] = None) -> jax.Array:
-  """Multi-head softmax attention ``softmax(q k^T / sqrt(d) + bias) v``.
+                          dtype: Optional[jnp.dtype] = None,
+                          scale: Optional[float] = None) -> jax.Array:
+  """Multi-head softmax attention ``softmax(scale * q k^T + bias) v``.
 
   Args:
     query: ``[batch, q_len, heads, head_dim]``.
@@ -89,6 +91,8 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
     backend: Name of an implementation in ``BACKENDS``.
     dtype: Compute and output dtype; defaults to ``query.dtype``. Logits and
       softmax are always float32.
+    scale: Factor on the query; ``None`` means ``1/sqrt(head_dim)``. T5
+      folds the scaling into its initialisation and passes 1.0.
 
   Returns:
     ``[batch, q_len, heads, head_dim]`` in ``dtype``.
@@ -106,4 +110,5 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
   return BACKENDS[backend](
       query, key, value, bias=bias, mask=mask, dropout_rng=dropout_rng,
       dropout_rate=dropout_rate, deterministic=deterministic,
-      dtype=jnp.dtype(dtype) if dtype is not None else query.dtype)
+      dtype=jnp.dtype(dtype) if dtype is not None else query.dtype,
+      scale=query.shape[-1] ** -0.5 if scale is None else float(scale))

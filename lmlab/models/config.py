@@ -1,4 +1,4 @@
-"""Typed configuration for the BERT-family encoder.
+"""Typed configuration of the networks: BERT-family encoder and T5-family encoder–decoder.
 
 The config is a frozen dataclass so it can be hashed, compared and written
 into a run directory. Gin binds its fields (see ``lmlab/configurables.py``);
@@ -144,4 +144,125 @@ class EncoderConfig:
   def with_vocab_size(self, vocab_size: int, multiple: int = 128) -> "EncoderConfig":
     """Returns a copy whose vocab_size is ``vocab_size`` rounded up to ``multiple``."""
     padded = -(-vocab_size // multiple) * multiple
+    return dataclasses.replace(self, vocab_size=padded)
+
+
+T5_MLP_ACTIVATIONS = ("relu", "gelu_tanh", "gated_gelu_tanh", "gated_relu", "gated_silu")
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  """Hyper-parameters of a T5-family encoder–decoder (T5, T5 v1.1, ByT5, MrT5).
+
+  Defaults are T5 v1.1 small. Norms are RMSNorm without bias, attention has
+  no biases and no ``1/sqrt(d)`` scaling (it is folded into the query init),
+  and positions enter only through a bucketed relative position bias shared
+  by all layers of a stack.
+
+  Attributes:
+    vocab_size: Rows of the (shared) input embedding and of the output
+      projection. ``None``: the task's vocabulary, rounded up to
+      ``vocab_multiple``.
+    vocab_multiple: Rounding of ``vocab_size`` when taken from a task
+      (ByT5: 259 byte ids + sentinels padded to 384).
+    d_model: Width of the residual stream.
+    num_heads: Attention heads.
+    head_dim: Width of one head (T5 keeps it at 64 independently of d_model).
+    d_ff: Hidden width of the MLP.
+    num_encoder_layers: Encoder blocks (ByT5: three times the decoder's).
+    num_decoder_layers: Decoder blocks.
+    mlp_activation: ``gated_gelu_tanh`` (T5 v1.1, ByT5) or ``relu`` (T5 v1.0);
+      ``gated_`` variants have two input projections ``wi_0``/``wi_1``.
+    relative_attention_num_buckets: Buckets of the relative position bias.
+    relative_attention_max_distance: Distance beyond which all offsets share
+      the last bucket.
+    norm_eps: RMSNorm epsilon.
+    dropout_rate: Dropout on embeddings, sub-layer outputs, MLP hidden units
+      and attention probabilities (0 in T5 v1.1 pretraining, 0.1 to
+      fine-tune).
+    tie_word_embeddings: Output logits reuse the input embedding (scaled by
+      ``d_model**-0.5``), as in T5 v1.0; v1.1 and ByT5 have a separate
+      ``logits_dense``.
+    dtype: Compute dtype.
+    param_dtype: Storage dtype of parameters.
+    attention_backend: Name of the attention implementation.
+    pad_id: Padding id (also the decoder start token).
+    eos_id: End-of-sequence id.
+    remat_policy: Rematerialisation of each block (see ``REMAT_POLICIES``).
+    delete_gate_layer: MrT5: index of the encoder block whose input feeds the
+      delete gate; the gate then acts on the attention of that block and all
+      later ones and on cross-attention. ``None``: no gate (plain T5/ByT5).
+    delete_gate_scale: MrT5's ``k``: gate values lie in ``(k, 0)``; ``k``
+      means deleted, 0 kept. Padding is forced to ``k``.
+    delete_gate_bias_init: Initial bias of the gate's logit; positive values
+      start with (almost) every token kept.
+    hard_delete_threshold: At inference, tokens whose gate is below this are
+      removed from the sequence. ``None``: ``delete_gate_scale / 2``.
+  """
+
+  vocab_size: Optional[int] = None
+  vocab_multiple: int = 128
+  d_model: int = 512
+  num_heads: int = 6
+  head_dim: int = 64
+  d_ff: int = 1024
+  num_encoder_layers: int = 8
+  num_decoder_layers: int = 8
+  mlp_activation: str = "gated_gelu_tanh"
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  norm_eps: float = 1e-6
+  dropout_rate: float = 0.0
+  tie_word_embeddings: bool = False
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  attention_backend: str = "xla"
+  pad_id: int = 0
+  eos_id: int = 1
+  remat_policy: str = "none"
+  delete_gate_layer: Optional[int] = None
+  delete_gate_scale: float = -30.0
+  delete_gate_bias_init: float = 4.0
+  hard_delete_threshold: Optional[float] = None
+
+  def __post_init__(self):
+    choices = {
+        "mlp_activation": T5_MLP_ACTIVATIONS,
+        "attention_backend": ATTENTION_BACKENDS,
+        "dtype": DTYPES,
+        "param_dtype": DTYPES,
+        "remat_policy": tuple(REMAT_POLICIES),
+    }
+    for name, allowed in choices.items():
+      value = getattr(self, name)
+      if value not in allowed:
+        raise ValueError(f"T5Config.{name}={value!r} is not one of {allowed}.")
+    if min(self.d_model, self.num_heads, self.head_dim, self.d_ff, self.num_encoder_layers,
+           self.num_decoder_layers) < 1:
+      raise ValueError("T5Config sizes (d_model, num_heads, head_dim, d_ff, layer counts) must be >= 1.")
+    if self.delete_gate_layer is not None:
+      if not 0 <= self.delete_gate_layer < self.num_encoder_layers:
+        raise ValueError(
+            f"T5Config.delete_gate_layer={self.delete_gate_layer} must index an encoder block "
+            f"(0..{self.num_encoder_layers - 1}).")
+      if self.delete_gate_scale >= 0:
+        raise ValueError(f"T5Config.delete_gate_scale must be negative, got {self.delete_gate_scale}.")
+
+  @property
+  def compute_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype)
+
+  @property
+  def parameter_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.param_dtype)
+
+  @property
+  def delete_threshold(self) -> float:
+    if self.hard_delete_threshold is None:
+      return self.delete_gate_scale / 2
+    return self.hard_delete_threshold
+
+  def with_vocab_size(self, vocab_size: int) -> "T5Config":
+    """A copy whose vocab_size is ``vocab_size`` rounded up to ``vocab_multiple``."""
+    padded = -(-vocab_size // self.vocab_multiple) * self.vocab_multiple
     return dataclasses.replace(self, vocab_size=padded)

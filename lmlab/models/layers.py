@@ -115,11 +115,14 @@ def make_norm(config: EncoderConfig, name: Optional[str] = None) -> nn.Module:
 def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
   """Elementwise activation for an MLP activation name (``gated_`` prefix ignored).
 
-  GELU is the exact (erf) form, as in the original BERT and MosaicBERT.
+  ``gelu`` is the exact (erf) form, as in the original BERT and MosaicBERT;
+  ``gelu_tanh`` is the tanh approximation that T5 v1.1 (Hugging Face's
+  ``gelu_new``) uses.
   """
   base = name[len("gated_"):] if name.startswith("gated_") else name
   table = {
       "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+      "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
       "relu": jax.nn.relu,
       "silu": jax.nn.silu,
   }
