@@ -213,41 +213,47 @@ class DecoderLayer(nn.Module):
 
   config: T5Config
 
-  @nn.compact
+  def setup(self):
+    cfg = self.config
+    self.pre_self_attention_norm = _rms_norm(cfg)
+    self.self_attention = Attention(cfg)
+    self.pre_cross_attention_norm = _rms_norm(cfg)
+    self.cross_attention = Attention(cfg)
+    self.pre_mlp_norm = _rms_norm(cfg)
+    self.mlp = Mlp(cfg)
+
   def __call__(self, x: jax.Array, self_bias: jax.Array, self_mask: jax.Array,
                encoded: Optional[jax.Array], cross_bias: Optional[jax.Array],
                cross_mask: jax.Array, deterministic: bool,
                cache: Optional[Cache] = None,
                position: Optional[jax.Array] = None) -> tuple[jax.Array, Optional[Cache]]:
     # Positional arguments so that ``nn.remat`` can mark ``deterministic`` static.
-    cfg = self.config
-    self_attention = Attention(cfg, name="self_attention")
-    cross_attention = Attention(cfg, name="cross_attention")
-    h = _rms_norm(cfg, "pre_self_attention_norm")(x)
-    key, value = self_attention.project_key_value(h)
+    rate = self.config.dropout_rate
+    h = self.pre_self_attention_norm(x)
+    key, value = self.self_attention.project_key_value(h)
     if cache is not None:
       key = jax.lax.dynamic_update_slice_in_dim(cache["self_key"], key.astype(cache["self_key"].dtype),
                                                 position, axis=1)
       value = jax.lax.dynamic_update_slice_in_dim(
           cache["self_value"], value.astype(cache["self_value"].dtype), position, axis=1)
       cache = dict(cache, self_key=key, self_value=value)
-    h = self_attention(h, key, value, bias=self_bias, mask=self_mask, deterministic=deterministic)
-    x = x + _dropout(self, cfg.dropout_rate, h, deterministic)
-    h = _rms_norm(cfg, "pre_cross_attention_norm")(x)
+    h = self.self_attention(h, key, value, bias=self_bias, mask=self_mask,
+                            deterministic=deterministic)
+    x = x + _dropout(self, rate, h, deterministic)
+    h = self.pre_cross_attention_norm(x)
     if cache is not None:
       cross_key, cross_value = cache["cross_key"], cache["cross_value"]
     else:
-      cross_key, cross_value = cross_attention.project_key_value(encoded)
-    h = cross_attention(h, cross_key, cross_value, bias=cross_bias, mask=cross_mask,
-                        deterministic=deterministic)
-    x = x + _dropout(self, cfg.dropout_rate, h, deterministic)
-    h = Mlp(cfg, name="mlp")(_rms_norm(cfg, "pre_mlp_norm")(x), deterministic)
-    x = x + _dropout(self, cfg.dropout_rate, h, deterministic)
+      cross_key, cross_value = self.cross_attention.project_key_value(encoded)
+    h = self.cross_attention(h, cross_key, cross_value, bias=cross_bias, mask=cross_mask,
+                             deterministic=deterministic)
+    x = x + _dropout(self, rate, h, deterministic)
+    x = x + _dropout(self, rate, self.mlp(self.pre_mlp_norm(x), deterministic), deterministic)
     return nn.with_logical_constraint(x, ("batch", "length", "embed")), cache
 
   def cross_key_value(self, encoded: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Cross-attention keys and values of the encoder output (for the decode cache)."""
-    return Attention(self.config, name="cross_attention").project_key_value(encoded)
+    return self.cross_attention.project_key_value(encoded)
 
 
 def _remat(cls: type[nn.Module], policy: str, static_argnums: tuple[int, ...]) -> type[nn.Module]:
@@ -390,7 +396,7 @@ class Decoder(nn.Module):
     max_length = cache["layers_0"]["self_key"].shape[1]
     keys = jnp.arange(max_length, dtype=jnp.int32)[None]
     query = jnp.reshape(jnp.asarray(position, jnp.int32), (1, 1))
-    self_mask = (keys <= query)[:, None, :, :]  # [1, 1, 1, max_length]
+    self_mask = (keys <= query)[:, None, None, :]  # [1, 1, 1, max_length]
     self_bias = self.relpos_bias(query, keys)
     cross_mask = cache["encoder_valid"][:, None, None, :]
     gate = cache.get("encoder_gate")
