@@ -8,8 +8,11 @@ is what lets gin reject a misspelt name at parse time.
 
 import gin
 
-from lmlab import model_wrappers, optimizers, partitioning, run_config, runs  # noqa: F401  (registers)
+from lmlab import (  # noqa: F401  (registers)
+    encoder_decoder_model, model_wrappers, optimizers, partitioning, run_config, runs,
+    seq2seq_inference)
 from lmlab.data import preprocessors, tasks  # noqa: F401  (registers preprocessors and tasks)
 from lmlab.models import config as model_config
 
 gin.external_configurable(model_config.EncoderConfig, name="EncoderConfig")
+gin.external_configurable(model_config.T5Config, name="T5Config")

@@ -42,8 +42,33 @@ def weighted_cross_entropy(logits: jnp.ndarray, targets: jnp.ndarray,
   }
 
 
+class ModelWrapper:
+  """What the trainer needs from a model family beyond ``init``/``loss_sums``.
+
+  ``loss_sums`` returns summed statistics: ``loss_sum`` (the reported loss),
+  ``weight_sum`` (its normaliser), ``correct_sum``, ``token_count`` and
+  optionally ``aux_loss_sum``, which is added to the training objective but
+  not to the reported loss (z-loss, MrT5's deletion penalty). A family with
+  state that is not trained by gradients (MrT5's PI controller) keeps it in
+  ``model_state``, which is checkpointed with the train state.
+  """
+
+  features: tuple[str, ...] = ()
+
+  def initial_model_state(self) -> dict[str, jnp.ndarray]:
+    return {}
+
+  def update_model_state(self, model_state: dict, sums: Mapping[str, jnp.ndarray]) -> dict:
+    del sums
+    return model_state
+
+  def metrics(self, sums: Mapping[str, Any]) -> dict[str, float]:
+    """Scalars to log from statistics summed over steps or batches."""
+    return metrics_from_sums(sums)
+
+
 @gin.configurable
-class MaskedLMModel:
+class MaskedLMModel(ModelWrapper):
   """BERT-style masked-language-model pretraining around ``EncoderForMaskedLM``."""
 
   features = MLM_FEATURES
@@ -101,9 +126,10 @@ class MaskedLMModel:
     score = (loss_weights > 0).astype(jnp.float32) * 2.0 - jnp.arange(length) / length
     return jax.lax.top_k(score, k)[1]
 
-  def loss_sums(self, params: Params, batch: Batch,
-                dropout_rng: Optional[jax.Array] = None) -> dict[str, jnp.ndarray]:
+  def loss_sums(self, params: Params, batch: Batch, dropout_rng: Optional[jax.Array] = None,
+                model_state: Optional[dict] = None) -> dict[str, jnp.ndarray]:
     """Summed loss, correct predictions and weight over the batch's masked tokens."""
+    del model_state
     targets, weights = batch["targets"], batch["loss_weights"]
     positions = self.prediction_positions(weights)
     logits = self.apply(params, batch, dropout_rng=dropout_rng, prediction_positions=positions)
@@ -121,6 +147,12 @@ class MaskedLMModel:
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     top_probs, top_ids = jax.lax.top_k(probs, top_k)
     return top_ids, top_probs
+
+  def metrics(self, sums: Mapping[str, Any]) -> dict[str, float]:
+    scalars = metrics_from_sums(sums)
+    if "dropped_predictions" in sums:
+      scalars["dropped_predictions"] = float(sums["dropped_predictions"])
+    return scalars
 
 
 def metrics_from_sums(sums: Mapping[str, Any]) -> dict[str, float]:

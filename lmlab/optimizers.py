@@ -1,9 +1,12 @@
 """Optimizers and learning-rate schedules built from optax.
 
 Everything here is plain optax: a gin-bound ``OptimizerConfig`` picks the
-schedule shape and AdamW hyper-parameters, and ``make_optimizer`` chains
-gradient clipping with AdamW whose weight decay skips biases and norm scales
-(the BERT/RoBERTa convention).
+schedule shape and the optimizer. ``adamw`` chains gradient clipping with
+AdamW whose weight decay skips biases and norm scales (the BERT/RoBERTa
+convention); ``adafactor`` is optax's Adafactor with T5's settings (factored
+second moments, decay 0.8, update clipping at 1, updates scaled by the
+parameter's RMS, no momentum), usually with the ``rsqrt`` schedule
+(``gin/optimizers/adafactor_t5.gin``).
 """
 
 from __future__ import annotations
@@ -13,22 +16,29 @@ from typing import Any, Optional
 
 import gin
 import jax
+import jax.numpy as jnp
 import optax
 
-SCHEDULES = ("linear", "cosine", "constant", "inverse_sqrt")
+SCHEDULES = ("linear", "cosine", "constant", "inverse_sqrt", "rsqrt")
+OPTIMIZERS = ("adamw", "adafactor")
 
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-  """AdamW and schedule hyper-parameters.
+  """Optimizer and schedule hyper-parameters.
 
   Attributes:
+    optimizer: ``adamw`` or ``adafactor``.
     learning_rate: Peak learning rate, reached at the end of warmup.
     schedule: Decay after warmup: ``linear`` to ``end_lr_fraction * peak`` at
       the last step, ``cosine`` to the same floor, ``constant``, or
-      ``inverse_sqrt`` (T5-style 1/sqrt(step) after warmup).
-    warmup_steps: Linear warmup from 0 to the peak.
+      ``inverse_sqrt`` (linear warmup, then decay as 1/sqrt(step)), or
+      ``rsqrt`` (T5: the peak until ``warmup_steps``, then
+      ``peak * sqrt(warmup_steps / step)``; no linear ramp — with peak 0.01
+      and 10k steps this is T5's ``1/sqrt(max(step, 10^4))``).
+    warmup_steps: Linear warmup from 0 to the peak (``rsqrt``: the constant
+      phase).
     end_lr_fraction: Final learning rate as a fraction of the peak.
     weight_decay: Decoupled weight decay (not applied to biases or norms).
     b1: Adam first-moment decay.
@@ -36,8 +46,13 @@ class OptimizerConfig:
     eps: Adam epsilon.
     clip_grad_norm: Clip the global gradient norm to this value; ``None`` or
       0 disables clipping.
+    adafactor_decay_rate: Adafactor's second-moment decay exponent.
+    adafactor_clipping_threshold: Adafactor's update clipping (RMS).
+    adafactor_scale_by_parameter: Scale Adafactor updates by the parameter's
+      RMS (relative step size, as in T5).
   """
 
+  optimizer: str = "adamw"
   learning_rate: float = 1e-3
   schedule: str = "linear"
   warmup_steps: int = 0
@@ -47,8 +62,13 @@ class OptimizerConfig:
   b2: float = 0.98
   eps: float = 1e-6
   clip_grad_norm: Optional[float] = 1.0
+  adafactor_decay_rate: float = 0.8
+  adafactor_clipping_threshold: Optional[float] = 1.0
+  adafactor_scale_by_parameter: bool = True
 
   def __post_init__(self):
+    if self.optimizer not in OPTIMIZERS:
+      raise ValueError(f"OptimizerConfig.optimizer={self.optimizer!r} is not one of {OPTIMIZERS}.")
     if self.schedule not in SCHEDULES:
       raise ValueError(f"OptimizerConfig.schedule={self.schedule!r} is not one of {SCHEDULES}.")
     if self.warmup_steps < 0 or self.learning_rate <= 0:
@@ -65,6 +85,9 @@ def make_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
     decay = optax.linear_schedule(peak, floor, decay_steps)
   elif config.schedule == "cosine":
     decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=config.end_lr_fraction)
+  elif config.schedule == "rsqrt":
+    start = max(warmup, 1)
+    return lambda step: peak * jnp.sqrt(start / jnp.maximum(step, start))
   elif config.schedule == "inverse_sqrt":
     start = max(warmup, 1)
     decay = lambda step: peak * (start / (step + start))**0.5
@@ -92,11 +115,18 @@ def decay_mask(params: Any) -> Any:
 
 
 def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
-  """Gradient clipping followed by AdamW with masked weight decay."""
+  """Gradient clipping followed by AdamW (masked weight decay) or Adafactor."""
   schedule = make_schedule(config, total_steps)
   parts = []
   if config.clip_grad_norm:
     parts.append(optax.clip_by_global_norm(config.clip_grad_norm))
+  if config.optimizer == "adafactor":
+    parts.append(optax.adafactor(
+        schedule, decay_rate=config.adafactor_decay_rate,
+        clipping_threshold=config.adafactor_clipping_threshold,
+        multiply_by_parameter_scale=config.adafactor_scale_by_parameter,
+        weight_decay_rate=config.weight_decay or None, weight_decay_mask=decay_mask))
+    return optax.chain(*parts)
   parts.append(
       optax.adamw(
           schedule, b1=config.b1, b2=config.b2, eps=config.eps,

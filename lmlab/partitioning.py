@@ -252,10 +252,23 @@ class Partitioner:
     return treedef.unflatten(shardings)
 
   def optimizer_state_shardings(self, optimizer: optax.GradientTransformation,
-                                abstract_opt_state: Any, param_shardings: Any) -> Any:
-    """Parameter-shaped optimizer state shards like its parameter; the rest is replicated."""
+                                abstract_opt_state: Any, param_shardings: Any,
+                                abstract_params: Any = None) -> Any:
+    """Parameter-shaped optimizer state shards like its parameter; the rest is replicated.
+
+    With ``abstract_params``, per-parameter state of another shape (Adafactor's
+    factored row/column statistics) is replicated too: it is small, and the
+    parameter's axis names do not describe it.
+    """
+    if abstract_params is None:
+      return optax.tree_map_params(
+          optimizer, lambda _, sharding: sharding, abstract_opt_state, param_shardings,
+          transform_non_params=lambda _: self.replicated())
+
+    def shard_like_param(leaf, sharding, param):
+      return sharding if tuple(leaf.shape) == tuple(param.shape) else self.replicated()
     return optax.tree_map_params(
-        optimizer, lambda _, sharding: sharding, abstract_opt_state, param_shardings,
+        optimizer, shard_like_param, abstract_opt_state, param_shardings, abstract_params,
         transform_non_params=lambda _: self.replicated())
 
   def batch_sharding(self, ndim: int) -> NamedSharding:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Mapping, Optional, Union
 
 import gin
 
@@ -15,7 +15,10 @@ class DataConfig:
 
   Attributes:
     mixture_or_task_name: Registered seqio name, e.g. ``lmlab.embedded_mlm``.
-    sequence_length: Tokens per packed row.
+    sequence_length: Tokens per packed row (masked-LM tasks).
+    task_feature_lengths: Encoder–decoder tasks: tokens per packed row of
+      each side, e.g. ``{"inputs": 512, "targets": 114}`` (T5X's standard
+      span-corruption lengths).
     train_split: Split used for training.
     eval_split: Split used for evaluation.
     shuffle: Shuffle training data (evaluation data is never shuffled).
@@ -26,11 +29,19 @@ class DataConfig:
 
   mixture_or_task_name: str = gin.REQUIRED
   sequence_length: int = 128
+  task_feature_lengths: Optional[Mapping[str, int]] = None
   train_split: str = "train"
   eval_split: str = "validation"
   shuffle: bool = True
   seed: int = 0
   tfds_data_dir: Optional[str] = None
+
+  @property
+  def feature_lengths(self) -> Union[int, dict[str, int]]:
+    """What the data pipeline is asked for: per-feature lengths, else one row length."""
+    if self.task_feature_lengths:
+      return {k: int(v) for k, v in dict(self.task_feature_lengths).items()}
+    return self.sequence_length
 
 
 @gin.configurable

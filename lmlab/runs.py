@@ -15,9 +15,11 @@ import gin
 import jax
 import numpy as np
 
-from lmlab.model_wrappers import MaskedLMModel
+from lmlab.encoder_decoder_model import EncoderDecoderModel
+from lmlab.model_wrappers import MaskedLMModel, ModelWrapper
 from lmlab.optimizers import OptimizerConfig
 from lmlab.run_config import DataConfig, TrainConfig
+from lmlab.seq2seq_inference import run_seq2seq_infer
 from lmlab.trainer import Trainer, TrainSummary, ensure_writable, evaluate
 
 logger = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ def _eval_batches(data: DataConfig, batch_size: int):
   """Evaluation batches of ``batch_size`` rows in all, this process's rows only."""
   pipeline = _data_api()
   dataset = pipeline.get_dataset(
-      data.mixture_or_task_name, data.eval_split, data.sequence_length,
+      data.mixture_or_task_name, data.eval_split, data.feature_lengths,
       per_process_rows(batch_size, "TrainConfig.eval_batch_size"),
       shuffle=False, seed=data.seed, repeat=False, shard_id=jax.process_index(),
       num_shards=jax.process_count(), tfds_data_dir=data.tfds_data_dir)
@@ -73,21 +75,32 @@ def check_prediction_budget(model: MaskedLMModel) -> None:
         f"{mask_rate + 0.05:.2f}) or set it to None.")
 
 
-def prepare(model: Optional[MaskedLMModel], data: DataConfig, model_dir: str) -> MaskedLMModel:
-  """Validates the task and MODEL_DIR, and sizes the model's vocabulary."""
+def prepare(model: Optional[ModelWrapper], data: DataConfig, model_dir: str) -> ModelWrapper:
+  """Validates the task, its fit with the model and MODEL_DIR; sizes the model's vocabulary."""
   pipeline = _data_api()
-  pipeline.get_task_or_mixture(data.mixture_or_task_name)  # unknown names fail here, early
+  name = data.mixture_or_task_name
+  pipeline.get_task_or_mixture(name)  # unknown names fail here, early
   ensure_writable(model_dir)
   model = model or MaskedLMModel()
-  check_prediction_budget(model)
-  return model.with_vocab_size(pipeline.vocabulary_for(data.mixture_or_task_name).vocab_size)
+  task_is_seq2seq = pipeline.is_encoder_decoder_task(name)
+  if isinstance(model, EncoderDecoderModel) != task_is_seq2seq:
+    raise ValueError(
+        f"Task {name!r} is {'an encoder-decoder (inputs/targets)' if task_is_seq2seq else 'a masked-LM'} "
+        f"task but run.model is a {type(model).__name__}. Pair EncoderDecoderModel with the "
+        "*_span_corruption/*_denoising tasks and MaskedLMModel with the *_mlm tasks.")
+  if task_is_seq2seq and not data.task_feature_lengths:
+    raise ValueError(f"Task {name!r} needs DataConfig.task_feature_lengths, e.g. "
+                     "{'inputs': 512, 'targets': 114}.")
+  if isinstance(model, MaskedLMModel):
+    check_prediction_budget(model)
+  return model.with_vocab_size(pipeline.vocabulary_for(name).vocab_size)
 
 
 def train_dataset(data: DataConfig, rows: int, shard_id: Optional[int] = None,
                   num_shards: Optional[int] = None):
   """Endless training batches of ``rows`` rows from data shard ``shard_id`` (default: this process's)."""
   return _data_api().get_dataset(
-      data.mixture_or_task_name, data.train_split, data.sequence_length, rows,
+      data.mixture_or_task_name, data.train_split, data.feature_lengths, rows,
       shuffle=data.shuffle, seed=data.seed, repeat=True,
       shard_id=jax.process_index() if shard_id is None else shard_id,
       num_shards=jax.process_count() if num_shards is None else num_shards,
@@ -129,7 +142,8 @@ def run_eval(model: MaskedLMModel, data: DataConfig, config: TrainConfig) -> dic
   """Scores the newest checkpoint on the eval split and writes eval_results.json."""
   trainer, step, params = restore_params(model, config, data.sequence_length)
   metrics = evaluate(trainer.eval_step, params,
-                     _eval_batches(data, config.eval_batch_size or config.batch_size)(), 0)
+                     _eval_batches(data, config.eval_batch_size or config.batch_size)(), 0,
+                     model.metrics)
   result = {"step": step, "task": data.mixture_or_task_name, "split": data.eval_split, **metrics}
   _write_config(config.model_dir, "eval_results.json", json.dumps(result, indent=2) + "\n")
   return result
@@ -178,7 +192,7 @@ def run_infer(model: MaskedLMModel, data: DataConfig, config: TrainConfig, top_k
 
 
 @gin.configurable
-def run(run_mode: str = "train", model: Optional[MaskedLMModel] = None):
+def run(run_mode: str = "train", model: Optional[ModelWrapper] = None):
   """Runs one mode with the gin-bound DataConfig, TrainConfig and OptimizerConfig."""
   if run_mode not in RUN_MODES:
     raise ValueError(f"Unknown run_mode {run_mode!r}; choose one of {RUN_MODES}.")
@@ -189,4 +203,8 @@ def run(run_mode: str = "train", model: Optional[MaskedLMModel] = None):
     return train(model, data, config, OptimizerConfig())
   if run_mode == "eval":
     return run_eval(model, data, config)
+  if isinstance(model, EncoderDecoderModel):
+    _, step, params = restore_params(model, config, data.sequence_length)
+    return run_seq2seq_infer(model, params, step, data.mixture_or_task_name, data.eval_split,
+                             data.feature_lengths, config.model_dir)
   return run_infer(model, data, config)

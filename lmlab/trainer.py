@@ -48,6 +48,7 @@ class TrainState:
   params: Any
   opt_state: Any
   rng: jnp.ndarray  # raw uint32[2] key data: portable across checkpoints
+  model_state: Any = flax.struct.field(default_factory=dict)  # e.g. MrT5's controller
 
 
 def create_train_state(model, optimizer: optax.GradientTransformation, seed: int,
@@ -60,7 +61,8 @@ def create_train_state(model, optimizer: optax.GradientTransformation, seed: int
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
   params = nn.meta.unbox(model.init(init_rng, batch_size, sequence_length))
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=optimizer.init(params), rng=train_rng)
+                    opt_state=optimizer.init(params), rng=train_rng,
+                    model_state=model.initial_model_state())
 
 
 def state_shardings(partitioner: Partitioner, model, optimizer: optax.GradientTransformation,
@@ -69,10 +71,13 @@ def state_shardings(partitioner: Partitioner, model, optimizer: optax.GradientTr
   with partitioner.context():
     boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch_size, sequence_length))
   params = partitioner.param_shardings(boxed)
+  abstract_params = nn.meta.unbox(boxed)
   opt_state = partitioner.optimizer_state_shardings(
-      optimizer, jax.eval_shape(optimizer.init, nn.meta.unbox(boxed)), params)
+      optimizer, jax.eval_shape(optimizer.init, abstract_params), params, abstract_params)
   replicated = partitioner.replicated()
-  return TrainState(step=replicated, params=params, opt_state=opt_state, rng=replicated)
+  model_state = jax.tree_util.tree_map(lambda _: replicated, model.initial_model_state())
+  return TrainState(step=replicated, params=params, opt_state=opt_state, rng=replicated,
+                    model_state=model_state)
 
 
 def _split_microbatches(batch: Batch, accum_steps: int) -> Batch:
@@ -88,30 +93,36 @@ def _split_microbatches(batch: Batch, accum_steps: int) -> Batch:
   return jax.tree_util.tree_map(split, batch)
 
 
+# Train-step metrics that are a current value, not a sum over steps.
+STATE_METRIC_PREFIX = "state/"
+LAST_VALUE_METRICS = ("learning_rate", "grad_norm")
+
+
 def make_train_step(model, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                     accum_steps: int = 1) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
   """One optimizer step over a global batch, split into ``accum_steps`` micro-batches."""
 
-  def grads_and_sums(params, batch, rng):
+  def grads_and_sums(params, batch, rng, model_state):
     def loss_fn(p):
-      sums = model.loss_sums(p, batch, dropout_rng=rng)
-      return sums["loss_sum"], sums
+      sums = model.loss_sums(p, batch, dropout_rng=rng, model_state=model_state)
+      return sums["loss_sum"] + sums.get("aux_loss_sum", 0.0), sums
     return jax.grad(loss_fn, has_aux=True)(params)
 
   def train_step(state: TrainState, batch: Batch):
     step_rng = jax.random.fold_in(state.rng, state.step)
     if accum_steps == 1:
-      grads, sums = grads_and_sums(state.params, batch, step_rng)
+      grads, sums = grads_and_sums(state.params, batch, step_rng, state.model_state)
     else:
       def accumulate(carry, micro):
         index, microbatch = micro
-        g, s = grads_and_sums(state.params, microbatch, jax.random.fold_in(step_rng, index))
+        g, s = grads_and_sums(state.params, microbatch, jax.random.fold_in(step_rng, index),
+                              state.model_state)
         return jax.tree_util.tree_map(jnp.add, carry, (g, s)), None
       zero_grads = jax.tree_util.tree_map(jnp.zeros_like, state.params)
       zero_sums = jax.tree_util.tree_map(
           jnp.zeros_like, jax.eval_shape(lambda: grads_and_sums(
               state.params, jax.tree_util.tree_map(lambda x: x[0], _split_microbatches(batch, accum_steps)),
-              step_rng)[1]))
+              step_rng, state.model_state)[1]))
       (grads, sums), _ = jax.lax.scan(
           accumulate, (zero_grads, zero_sums),
           (jnp.arange(accum_steps), _split_microbatches(batch, accum_steps)))
@@ -119,7 +130,10 @@ def make_train_step(model, optimizer: optax.GradientTransformation, schedule: op
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(sums, grad_norm=optax.global_norm(grads), learning_rate=schedule(state.step))
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    metrics.update({f"{STATE_METRIC_PREFIX}{k}": v for k, v in state.model_state.items()})
+    model_state = model.update_model_state(state.model_state, sums)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                         model_state=model_state), metrics
 
   return train_step
 
@@ -136,7 +150,8 @@ def _all_processes_have_batch(has_batch: bool) -> bool:
   return bool(np.all(multihost_utils.process_allgather(np.asarray(has_batch))))
 
 
-def evaluate(eval_step, params, batches: Iterator[Batch], max_batches: int = 0) -> dict[str, float]:
+def evaluate(eval_step, params, batches: Iterator[Batch], max_batches: int = 0,
+             metrics_fn: Callable[[Mapping[str, float]], dict] = metrics_from_sums) -> dict[str, float]:
   """Loss/accuracy/perplexity over ``max_batches`` batches (0: all).
 
   With several processes each reads its own shard, and shards may hold
@@ -155,7 +170,7 @@ def evaluate(eval_step, params, batches: Iterator[Batch], max_batches: int = 0) 
     count += 1
   if not totals:
     raise ValueError("The evaluation split yielded no batch: use a smaller eval_batch_size.")
-  return metrics_from_sums(totals)
+  return metrics_fn(totals)
 
 
 def ensure_writable(model_dir: str) -> None:
@@ -259,7 +274,8 @@ class Trainer:
     state, _ = self.initial_state(sequence_length, data_iterator)
     start_step = int(state.step)
     metric_log = MetricLogger(cfg.model_dir)
-    run_eval = lambda params: evaluate(self.eval_step, params, eval_batches(), cfg.eval_steps)
+    run_eval = lambda params: evaluate(self.eval_step, params, eval_batches(), cfg.eval_steps,
+                                       self.model.metrics)
     initial_eval = final_eval = None
     if eval_batches is not None and start_step == 0:
       initial_eval = run_eval(state.params)
@@ -284,14 +300,13 @@ class Trainer:
               f"Training loss became {float(m['loss_sum'])} at step {s + 1}. The last good checkpoint "
               f"(step {good}) is kept in {self.checkpointer.directory}. Lower the learning rate, "
               "lengthen warmup, enable gradient clipping, or train in float32.")
-      sums = {k: sum(float(m[k]) for m in host) for k in ("loss_sum", "correct_sum", "weight_sum")}
-      window_tokens_now = sum(float(m["token_count"]) for m in host)
+      last = {k: float(v) for k, v in host[-1].items()
+              if k in LAST_VALUE_METRICS or k.startswith(STATE_METRIC_PREFIX)}
+      sums = {k: sum(float(m[k]) for m in host) for k in host[-1] if k not in last}
+      window_tokens_now = sums["token_count"]
       now = time.perf_counter()
-      scalars = metrics_from_sums(sums)
-      scalars.update(dropped_predictions=sum(float(m["dropped_predictions"]) for m in host),
-                     learning_rate=float(host[-1]["learning_rate"]),
-                     grad_norm=float(host[-1]["grad_norm"]),
-                     tokens_per_second=window_tokens_now / max(now - t_window, 1e-9))
+      scalars = self.model.metrics(sums)
+      scalars.update(last, tokens_per_second=window_tokens_now / max(now - t_window, 1e-9))
       tokens += window_tokens_now
       t_window = now
       first_loss = scalars["loss"] if first_loss is None else first_loss

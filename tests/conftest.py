@@ -99,3 +99,9 @@ def tiny_run(compile_cache):
                    f"--run_mode={run_mode}", *TINY_RUN_BINDINGS, *extra, cache_dir=compile_cache)
 
   return run
+
+
+@pytest.fixture
+def cli_run(compile_cache):
+  """``cli_run(*flags)``: ``python -m lmlab.main *flags`` in a fresh process, sharing the compile cache."""
+  return lambda *args: run_cli(*args, cache_dir=compile_cache)

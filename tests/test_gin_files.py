@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from lmlab import main as cli
+from lmlab.encoder_decoder_model import EncoderDecoderModel
 from lmlab.model_wrappers import MaskedLMModel
 from lmlab.optimizers import OptimizerConfig
 from lmlab.run_config import DataConfig, TrainConfig
@@ -20,13 +21,32 @@ from lmlab.run_config import DataConfig, TrainConfig
 GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin"
 MODEL_FILES = sorted((GIN_DIR / "models").glob("*.gin"))
 RUN_FILES = sorted((GIN_DIR / "runs").glob("*.gin"))
+OTHER_FILES = sorted((GIN_DIR / "optimizers").glob("*.gin")) + sorted(
+    (GIN_DIR / "partitioning").glob("*.gin"))
+
+
+def _is_t5(path: pathlib.Path) -> bool:
+  text = path.read_text()
+  return "T5Config." in text or "span_corruption.gin" in text
 
 
 def test_gin_folders_are_not_empty():
-  assert len(MODEL_FILES) >= 5 and len(RUN_FILES) >= 2
+  assert len(MODEL_FILES) >= 13 and len(RUN_FILES) >= 6 and OTHER_FILES
 
 
-def _build_and_forward(model: MaskedLMModel, length: int = 16) -> None:
+def _build_and_forward_t5(model: EncoderDecoderModel) -> None:
+  model = model.with_vocab_size(300)
+  params = jax.jit(lambda r: nn.meta.unbox(model.init(r, 1)))(jax.random.PRNGKey(0))
+  ids = np.arange(3, 15, dtype=np.int32)[None]
+  logits, _ = jax.jit(lambda p: model.module.apply({"params": p}, ids, ids[:, :5]))(params)
+  assert logits.shape == (1, 5, model.config.vocab_size)
+  assert bool(jnp.all(jnp.isfinite(logits)))
+
+
+def _build_and_forward(model, length: int = 16) -> None:
+  if isinstance(model, EncoderDecoderModel):
+    _build_and_forward_t5(model)
+    return
   model = model.with_vocab_size(8192)
   params = jax.jit(lambda r: nn.meta.unbox(model.init(r, 1, length)))(jax.random.PRNGKey(0))
   ids = np.arange(1, length + 1, dtype=np.int32)[None] % 8000 + 4
@@ -44,21 +64,44 @@ def test_model_file_builds(path):
   and initialising hundreds of millions of parameters on a 2-core CI machine
   would only test the random number generator.
   """
-  cli.parse_gin([str(path)], ["MaskedLMModel.config = @EncoderConfig()"], [])
-  model = MaskedLMModel().with_vocab_size(8192)
+  if _is_t5(path):
+    cli.parse_gin([str(path)], ["EncoderDecoderModel.config = @T5Config()"], [])
+    model = EncoderDecoderModel().with_vocab_size(300)
+    cfg = model.config
+    depth = cfg.num_encoder_layers + cfg.num_decoder_layers
+    shallow = dataclasses.replace(
+        cfg, num_encoder_layers=min(cfg.num_encoder_layers, 2),
+        num_decoder_layers=min(cfg.num_decoder_layers, 1),
+        delete_gate_layer=None if cfg.delete_gate_layer is None else 1)
+    small = EncoderDecoderModel(shallow, deletion=model.deletion if shallow.delete_gate_layer else None)
+  else:
+    cli.parse_gin([str(path)], ["MaskedLMModel.config = @EncoderConfig()"], [])
+    model = MaskedLMModel().with_vocab_size(8192)
+    depth = model.config.num_layers
+    small = MaskedLMModel(dataclasses.replace(model.config, num_layers=min(depth, 2)))
   shapes = jax.eval_shape(lambda r: model.init(r, 1, 16), jax.random.PRNGKey(0))
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(nn.meta.unbox(shapes)))
-  assert num_params > model.config.num_layers * model.config.d_model**2
-  shallow = dataclasses.replace(model.config, num_layers=min(model.config.num_layers, 2))
-  _build_and_forward(MaskedLMModel(shallow))
+  assert num_params > depth * model.config.d_model**2
+  _build_and_forward(small)
 
 
 @pytest.mark.parametrize("path", RUN_FILES, ids=lambda p: p.name)
 def test_run_file_builds(path, tmp_path):
-  cli.parse_gin(["models/tiny.gin", str(path)], [f"MODEL_DIR = '{tmp_path}'"], [])
+  t5 = _is_t5(path)
+  cli.parse_gin(["models/t5_tiny.gin" if t5 else "models/tiny.gin", str(path)],
+                [f"MODEL_DIR = '{tmp_path}'"], [])
   data, train, optimizer = DataConfig(), TrainConfig(), OptimizerConfig()
   assert data.mixture_or_task_name.startswith("lmlab.")
   assert train.train_steps > 0 and optimizer.learning_rate > 0
   model = gin.query_parameter("run.model").scoped_configurable_fn()
-  assert isinstance(model, MaskedLMModel)
+  assert isinstance(model, EncoderDecoderModel if t5 else MaskedLMModel)
+  if t5:
+    assert set(data.feature_lengths) == {"inputs", "targets"}
   _build_and_forward(model)
+
+
+@pytest.mark.parametrize("path", OTHER_FILES, ids=lambda p: p.name)
+def test_optimizer_and_partitioning_files_parse(path, tmp_path):
+  cli.parse_gin(["runs/quickstart.gin", str(path)], [f"MODEL_DIR = '{tmp_path}'"], [])
+  optimizer = OptimizerConfig()
+  assert optimizer.learning_rate > 0

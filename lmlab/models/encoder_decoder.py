@@ -349,7 +349,7 @@ class Decoder(nn.Module):
     self.relpos_bias = RelativePositionBias(cfg, bidirectional=False)
     self.final_norm = _rms_norm(cfg)
     if not cfg.tie_word_embeddings:
-      self.logits_dense = _dense(cfg, cfg.vocab_size, ("embed", "vocab"), 1.0)
+      self.logits_dense = _dense(cfg, cfg.vocab_size, ("embed", "vocab"), cfg.d_model**-0.5)
 
   def _logits(self, x: jax.Array, deterministic: bool) -> jax.Array:
     cfg = self.config
