@@ -135,7 +135,7 @@ def print_summary(result: object) -> None:
       lines.append(f"eval loss {result.final_eval['loss']:.4f}")
     lines.append(f"checkpoint step {result.checkpoint_step}")
   elif isinstance(result, list):
-    lines = [f"{r['input']}\n  -> {r['filled']}" for r in result]
+    lines = [f"{r['input']}\n  -> {r.get('filled', r.get('prediction'))}" for r in result]
   else:
     lines = [str(result)]
   print("== lmlab summary ==\n" + "\n".join(lines))

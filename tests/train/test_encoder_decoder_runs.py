@@ -7,6 +7,8 @@ import pathlib
 
 import pytest
 
+from lmlab.seq2seq_inference import read_input_lines
+
 # Small enough for 2 CPU cores; the batch divides the 8 fake devices.
 TINY_T5 = (
     "--gin.T5Config.d_model=64",
@@ -43,8 +45,8 @@ def run(cli_run):
 
 
 @pytest.mark.parametrize("gin_file,lengths,steps", [
-    ("runs/t5_quickstart.gin", T5_LENGTHS, 60),
-    ("runs/byt5_quickstart.gin", BYT5_LENGTHS, 60),
+    ("runs/t5_quickstart.gin", T5_LENGTHS, 30),
+    ("runs/byt5_quickstart.gin", BYT5_LENGTHS, 30),
 ], ids=["t5", "byt5"])
 def test_quickstart_validation_loss_falls_and_infer_writes_predictions(
     gin_file, lengths, steps, tmp_path, run):
@@ -62,7 +64,7 @@ def test_quickstart_validation_loss_falls_and_infer_writes_predictions(
   assert all(isinstance(r["prediction"], str) and r["step"] == steps for r in rows)
 
 
-def test_infer_from_the_task_and_bad_inputs(tmp_path, run):
+def test_infer_from_the_task_with_beam_search(tmp_path, run):
   gin_file = "runs/byt5_quickstart.gin"
   _assert_ok(run(gin_file, tmp_path, BYT5_LENGTHS, "--gin.TRAIN_STEPS=2"))
   _assert_ok(run(gin_file, tmp_path, BYT5_LENGTHS, "--gin.InferConfig.num_examples=3",
@@ -71,17 +73,20 @@ def test_infer_from_the_task_and_bad_inputs(tmp_path, run):
   rows = [json.loads(l) for l in (tmp_path / "inference" / "predictions.jsonl").read_text().splitlines()]
   assert len(rows) == 3 and all("target" in r for r in rows)
 
+
+
+def test_input_files_must_be_utf8_and_non_empty(tmp_path):
   bad = tmp_path / "bad.txt"
   bad.write_bytes(b"fine line\nbroken \xff\xfe bytes\n")
-  proc = run(gin_file, tmp_path, BYT5_LENGTHS, f"--gin.InferConfig.input_file='{bad}'",
-             run_mode="infer")
-  assert proc.returncode != 0 and "bad.txt:2 is not valid UTF-8" in proc.stderr
-
-  long = tmp_path / "long.txt"
-  long.write_text("x" * 500 + "\n", encoding="utf-8")
-  proc = run(gin_file, tmp_path, BYT5_LENGTHS, f"--gin.InferConfig.input_file='{long}'",
-             "--gin.InferConfig.truncate_inputs=False", run_mode="infer")
-  assert proc.returncode != 0 and "128" in proc.stderr and "truncat" in proc.stderr.lower()
+  with pytest.raises(ValueError, match="bad.txt:2 is not valid UTF-8"):
+    read_input_lines(str(bad))
+  blank = tmp_path / "blank.txt"
+  blank.write_text("\n  \n", encoding="utf-8")
+  with pytest.raises(ValueError, match="no non-blank line"):
+    read_input_lines(str(blank))
+  good = tmp_path / "good.txt"
+  good.write_text("ünïcode ok\n\nsecond\n", encoding="utf-8")
+  assert read_input_lines(str(good)) == ["ünïcode ok", "second"]
 
 
 def test_model_and_task_families_must_match(tmp_path, run):
