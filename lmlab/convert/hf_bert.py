@@ -1,0 +1,362 @@
+"""Hugging Face ``BertForMaskedLM`` / ``RobertaForMaskedLM`` <-> lmlab ``EncoderForMaskedLM``.
+
+Only the original BERT layout has a Hugging Face counterpart: post-LN
+LayerNorm with biases, learned absolute positions, token-type embeddings,
+an ungated MLP, and the MLM head ``dense -> gelu -> LayerNorm -> decoder``.
+Other lmlab layouts (pre-LN, RMSNorm, RoPE/ALiBi, gated MLPs, no biases) are
+refused with a ``ConversionError``.
+
+Name mapping (``<p>`` is ``bert`` or ``roberta``, ``<i>`` a block)::
+
+  <p>.embeddings.{word,position,token_type}_embeddings.weight
+                       encoder/embeddings/{token,position,token_type}_embedder/embedding
+  <p>.embeddings.LayerNorm.{weight,bias}               encoder/embeddings/norm/{scale,bias}
+  <p>.encoder.layer.<i>.attention.self.{query,key,value}.{weight,bias}
+                                                       encoder/layers_<i>/attention/*/{kernel,bias}
+  <p>.encoder.layer.<i>.attention.output.dense.*       encoder/layers_<i>/attention/out/*
+  <p>.encoder.layer.<i>.attention.output.LayerNorm.*   encoder/layers_<i>/attention_norm/*
+  <p>.encoder.layer.<i>.{intermediate,output}.dense.*  encoder/layers_<i>/mlp/{wi,wo}/*
+  <p>.encoder.layer.<i>.output.LayerNorm.*             encoder/layers_<i>/mlp_norm/*
+  cls.predictions.transform.{dense,LayerNorm}.*  (BERT) mlm_head/{transform,norm}/*
+  lm_head.{dense,layer_norm}.*                (RoBERTa) mlm_head/{transform,norm}/*
+  cls.predictions.bias / lm_head.bias                  mlm_head/bias (tied decoder)
+
+RoBERTa positions: Hugging Face numbers real tokens from ``pad_token_id + 1``
+(2 for the released models), pads get ``pad_token_id``, and the rows below
+``pad_token_id + 1`` of its position table are never used for real tokens.
+lmlab numbers positions from 0, so import drops those rows
+(``max_positions = max_position_embeddings - pad_token_id - 1``): lmlab
+position ``i`` is Hugging Face position ``i + 2``. With right padding (or
+none) lmlab's default positions then give Hugging Face's logits at every
+non-pad token; with left padding pass ``positions`` explicitly. Export
+writes zeros into the dropped rows (Hugging Face initialises the pad row to
+zero and never trains it; row 0 is never read), so every other tensor round
+trips bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping, Optional
+
+import jax.numpy as jnp
+import numpy as np
+
+from lmlab.convert import common
+from lmlab.convert.common import (COPY, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, Entry, Params,
+                                  StateDict)
+from lmlab.models.config import EncoderConfig
+from lmlab.models.encoder import EncoderForMaskedLM
+
+MODEL_TYPES = ("bert", "roberta")
+_ARCHITECTURES = {"bert": "BertForMaskedLM", "roberta": "RobertaForMaskedLM"}
+# Hugging Face ``hidden_act`` -> lmlab activation with exactly the same function.
+_FROM_HF_ACTIVATION = {"gelu": "gelu", "relu": "relu", "silu": "silu", "swish": "silu"}
+_TO_HF_ACTIVATION = {"gelu": "gelu", "relu": "relu", "silu": "silu"}
+# Weights of heads that EncoderForMaskedLM does not have (pre-training checkpoints).
+_IGNORABLE_PREFIXES = ("bert.pooler.", "roberta.pooler.", "cls.seq_relationship.")
+_IGNORABLE_SUFFIXES = ("embeddings.position_ids",)
+
+
+def position_offset(model_type: str, pad_id: int) -> int:
+  """Hugging Face position table rows that lmlab drops: ``pad_id + 1`` for RoBERTa, else 0."""
+  return pad_id + 1 if model_type == "roberta" else 0
+
+
+def bert_config_from_hf(hf_config: Mapping[str, Any]) -> EncoderConfig:
+  """lmlab ``EncoderConfig`` equivalent to a BERT or RoBERTa ``config.json`` dict.
+
+  The vocabulary keeps the checkpoint's exact size; dropout rates, epsilon
+  and init range are carried over.
+
+  Raises:
+    ConversionError: For another model type, relative position embeddings,
+      a decoder/cross-attention config or an activation lmlab lacks (BERT's
+      MLM head applies ``hidden_act`` too, so BERT needs ``gelu``).
+  """
+  model_type = common.require_model_type(hf_config, MODEL_TYPES, "BERT")
+  position_type = hf_config.get("position_embedding_type", "absolute")
+  if position_type != "absolute":
+    raise common.ConversionError(
+        f"position_embedding_type={position_type!r} is not supported (lmlab has learned "
+        "absolute positions only in this layout).")
+  if hf_config.get("is_decoder", False) or hf_config.get("add_cross_attention", False):
+    raise common.ConversionError("Decoder / cross-attention BERT configs are not supported.")
+  act = hf_config.get("hidden_act", "gelu")
+  if act not in _FROM_HF_ACTIVATION or (model_type == "bert" and act != "gelu"):
+    raise common.ConversionError(
+        f"hidden_act={act!r} has no exact lmlab equivalent here (lmlab's MLM head always uses "
+        "exact gelu; RoBERTa's MLP may also use relu/silu).")
+  pad_id = hf_config.get("pad_token_id", 1 if model_type == "roberta" else 0)
+  pad_id = 0 if pad_id is None else pad_id
+  max_positions = hf_config.get("max_position_embeddings", 512) - position_offset(model_type,
+                                                                                  pad_id)
+  if max_positions < 1:
+    raise common.ConversionError("max_position_embeddings leaves no usable positions.")
+  hidden = hf_config.get("hidden_size", 768)
+  heads = hf_config.get("num_attention_heads", 12)
+  if hidden % heads:
+    raise common.ConversionError(f"hidden_size={hidden} is not divisible by {heads} heads.")
+  return EncoderConfig(
+      vocab_size=hf_config.get("vocab_size", 30522),
+      d_model=hidden,
+      num_layers=hf_config.get("num_hidden_layers", 12),
+      num_heads=heads,
+      d_ff=hf_config.get("intermediate_size", 3072),
+      mlp_activation=_FROM_HF_ACTIVATION[act],
+      norm_type="layernorm",
+      norm_position="post",
+      norm_eps=hf_config.get("layer_norm_eps", 1e-12),
+      position_scheme="learned",
+      max_positions=max_positions,
+      use_bias=True,
+      num_token_types=hf_config.get("type_vocab_size", 2),
+      embedding_norm=True,
+      dropout_rate=hf_config.get("hidden_dropout_prob", 0.1),
+      attention_dropout_rate=hf_config.get("attention_probs_dropout_prob", 0.1),
+      tie_output_embedding=hf_config.get("tie_word_embeddings", True),
+      initializer_range=hf_config.get("initializer_range", 0.02),
+      pad_id=pad_id,
+  )
+
+
+def _check_exportable(config: EncoderConfig, model_type: str) -> None:
+  if model_type not in MODEL_TYPES:
+    raise common.ConversionError(f"model_type={model_type!r} is not one of {MODEL_TYPES}.")
+  problems = []
+  if config.vocab_size is None:
+    problems.append("vocab_size is None")
+  if config.norm_type != "layernorm" or config.norm_position != "post":
+    problems.append(f"{config.norm_position}-{config.norm_type} (needs post-layernorm)")
+  if config.position_scheme != "learned":
+    problems.append(f"position_scheme={config.position_scheme!r} (needs learned)")
+  if not config.use_bias:
+    problems.append("use_bias=False")
+  if not config.embedding_norm:
+    problems.append("embedding_norm=False")
+  if config.num_token_types < 1:
+    problems.append("num_token_types=0")
+  if config.resolved_head_dim * config.num_heads != config.d_model:
+    problems.append(f"head_dim={config.head_dim} with heads*head_dim != d_model")
+  act = config.mlp_activation
+  if act not in _TO_HF_ACTIVATION or (model_type == "bert" and act != "gelu"):
+    problems.append(f"mlp_activation={act!r}")
+  if problems:
+    raise common.ConversionError(
+        f"This EncoderConfig has no Hugging Face {model_type} equivalent: {'; '.join(problems)}.")
+
+
+def bert_config_to_hf(config: EncoderConfig, model_type: str = "bert",
+                      base: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+  """Hugging Face ``config.json`` dict for an lmlab ``EncoderConfig``.
+
+  Args:
+    config: lmlab config (BERT layout).
+    model_type: ``bert`` or ``roberta``.
+    base: Optional original Hugging Face config; its entries that lmlab does
+      not model (token ids, tokenizer class, ...) are kept.
+
+  Raises:
+    ConversionError: If the config's layout has no Hugging Face equivalent.
+  """
+  _check_exportable(config, model_type)
+  hf = dict(base or {})
+  if model_type == "roberta":
+    hf.setdefault("bos_token_id", 0)
+    hf.setdefault("eos_token_id", 2)
+  hf.update({
+      "architectures": [_ARCHITECTURES[model_type]],
+      "model_type": model_type,
+      "vocab_size": config.vocab_size,
+      "hidden_size": config.d_model,
+      "num_hidden_layers": config.num_layers,
+      "num_attention_heads": config.num_heads,
+      "intermediate_size": config.d_ff,
+      "hidden_act": config.mlp_activation,
+      "hidden_dropout_prob": config.dropout_rate,
+      "attention_probs_dropout_prob": config.attention_dropout_rate,
+      "max_position_embeddings": config.max_positions + position_offset(model_type, config.pad_id),
+      "type_vocab_size": config.num_token_types,
+      "initializer_range": config.initializer_range,
+      "layer_norm_eps": config.norm_eps,
+      "pad_token_id": config.pad_id,
+      "tie_word_embeddings": config.tie_output_embedding,
+  })
+  return hf
+
+
+def abstract_bert_params(config: EncoderConfig) -> Params:
+  """Shapes of ``EncoderForMaskedLM(config)``'s parameters (no memory allocated)."""
+  if config.vocab_size is None:
+    raise common.ConversionError("EncoderConfig.vocab_size must be set.")
+  return common.abstract_params(EncoderForMaskedLM(config), jnp.zeros((1, 2), jnp.int32))
+
+
+def _dense(path: tuple[str, ...], name: str, kernel=LINEAR, bias=COPY) -> list[Entry]:
+  return [Entry(path + ("kernel",), f"{name}.weight", kernel),
+          Entry(path + ("bias",), f"{name}.bias", bias)]
+
+
+def _norm(path: tuple[str, ...], name: str) -> list[Entry]:
+  return [Entry(path + ("scale",), f"{name}.weight"), Entry(path + ("bias",), f"{name}.bias")]
+
+
+def _head_names(model_type: str) -> tuple[str, str, str, str]:
+  """Names of the MLM head's transform, norm, decoder and output bias."""
+  if model_type == "roberta":
+    return "lm_head.dense", "lm_head.layer_norm", "lm_head.decoder", "lm_head.bias"
+  return ("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm",
+          "cls.predictions.decoder", "cls.predictions.bias")
+
+
+def bert_plan(config: EncoderConfig, model_type: str = "bert") -> list[Entry]:
+  """Every lmlab parameter (unscanned layout) with its Hugging Face tensor, in state-dict order."""
+  p = model_type
+  emb = ("encoder", "embeddings")
+  offset = position_offset(model_type, config.pad_id)
+  plan = [
+      Entry(emb + ("token_embedder", "embedding"), f"{p}.embeddings.word_embeddings.weight"),
+      Entry(emb + ("position_embedder", "embedding"), f"{p}.embeddings.position_embeddings.weight",
+            common.leading_rows_dropped(offset) if offset else COPY),
+      Entry(emb + ("token_type_embedder", "embedding"),
+            f"{p}.embeddings.token_type_embeddings.weight"),
+  ]
+  plan += _norm(emb + ("norm",), f"{p}.embeddings.LayerNorm")
+  for i in range(config.num_layers):
+    layer = ("encoder", f"layers_{i}")
+    hf = f"{p}.encoder.layer.{i}"
+    for name in ("query", "key", "value"):
+      plan += _dense(layer + ("attention", name), f"{hf}.attention.self.{name}", HEADS_IN,
+                     HEADS_BIAS)
+    plan += _dense(layer + ("attention", "out"), f"{hf}.attention.output.dense", HEADS_OUT)
+    plan += _norm(layer + ("attention_norm",), f"{hf}.attention.output.LayerNorm")
+    plan += _dense(layer + ("mlp", "wi"), f"{hf}.intermediate.dense")
+    plan += _dense(layer + ("mlp", "wo"), f"{hf}.output.dense")
+    plan += _norm(layer + ("mlp_norm",), f"{hf}.output.LayerNorm")
+  transform, norm, decoder, bias = _head_names(model_type)
+  plan += _dense(("mlm_head", "transform"), transform)
+  plan += _norm(("mlm_head", "norm"), norm)
+  if config.tie_output_embedding:
+    plan.append(Entry(("mlm_head", "bias"), bias))
+  else:
+    plan += _dense(("mlm_head", "decoder"), decoder)
+  return plan
+
+
+def _duplicates(config: EncoderConfig, model_type: str) -> dict[str, str]:
+  """Tensors that ``state_dict()`` holds as copies of another one."""
+  _, _, decoder, bias = _head_names(model_type)
+  if config.tie_output_embedding:
+    return {f"{decoder}.weight": f"{model_type}.embeddings.word_embeddings.weight",
+            f"{decoder}.bias": bias}
+  # Untied, Hugging Face computes with decoder.bias and leaves `bias` unused
+  # (it is still a parameter, so export fills it with decoder.bias).
+  return {bias: f"{decoder}.bias"}
+
+
+def _unscanned(config: EncoderConfig) -> EncoderConfig:
+  return dataclasses.replace(config, scan_layers=False)
+
+
+def _stack_layers(params: Params, num_layers: int) -> Params:
+  """``encoder/layers_<i>/...`` -> ``encoder/layers/...`` with a leading layer axis."""
+  encoder = dict(params["encoder"])
+  layers = [encoder.pop(f"layers_{i}") for i in range(num_layers)]
+  flat = [common.flatten(layer) for layer in layers]
+  encoder["layers"] = common.unflatten({k: np.stack([f[k] for f in flat]) for k in flat[0]})
+  return dict(params, encoder=encoder)
+
+
+def _unstack_layers(params: Params, num_layers: int) -> Params:
+  encoder = dict(params["encoder"])
+  stacked = common.flatten(encoder.pop("layers"))
+  for i in range(num_layers):
+    encoder[f"layers_{i}"] = common.unflatten({k: np.asarray(v)[i] for k, v in stacked.items()})
+  return dict(params, encoder=encoder)
+
+
+def _normalise_names(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Renames old TensorFlow-era ``LayerNorm.gamma/beta`` and drops known-unused tensors."""
+  renamed = {}
+  for name, value in state.items():
+    if name.startswith(_IGNORABLE_PREFIXES) or name.endswith(_IGNORABLE_SUFFIXES):
+      continue
+    if name.endswith("LayerNorm.gamma"):
+      name = name[:-len("gamma")] + "weight"
+    elif name.endswith("LayerNorm.beta"):
+      name = name[:-len("beta")] + "bias"
+    renamed[name] = value
+  return renamed
+
+
+def params_from_hf(state: Mapping[str, np.ndarray], config: EncoderConfig,
+                   model_type: str = "bert") -> Params:
+  """lmlab ``EncoderForMaskedLM`` parameters from a BERT/RoBERTa MLM state dict.
+
+  Pooler and next-sentence weights of pre-training checkpoints are ignored.
+
+  Args:
+    state: Tensor name -> array (``state_dict()`` or ``model.safetensors``).
+    config: lmlab config (``bert_config_from_hf``); ``scan_layers`` is honoured.
+    model_type: ``bert`` or ``roberta`` (tensor prefixes, position offset).
+
+  Returns:
+    Nested dict of float32 numpy arrays shaped like the lmlab init.
+
+  Raises:
+    ConversionError: Naming the first missing, mis-shaped or unexpected
+      tensor, or a tied duplicate that differs from its original.
+  """
+  _check_exportable(config, model_type)
+  flat_config = _unscanned(config)
+  tied = config.tie_output_embedding
+  duplicates = _duplicates(config, model_type)
+  params = common.import_state(
+      _normalise_names(state), bert_plan(flat_config, model_type),
+      abstract_bert_params(flat_config), duplicates=duplicates if tied else None,
+      ignorable=() if tied else tuple(duplicates), what=f"{model_type} masked LM")
+  return _stack_layers(params, config.num_layers) if config.scan_layers else params
+
+
+def params_to_hf(params: Params, config: EncoderConfig, model_type: str = "bert") -> StateDict:
+  """The ``{Bert,Roberta}ForMaskedLM.state_dict()`` (float32 numpy) of lmlab parameters.
+
+  Includes the tied ``decoder`` copies, as ``state_dict()`` does. For
+  RoBERTa the position rows below ``pad_token_id + 1`` are zeros.
+  """
+  _check_exportable(config, model_type)
+  if config.scan_layers:
+    params = _unstack_layers(params, config.num_layers)
+  flat_config = _unscanned(config)
+  return common.export_state(params, bert_plan(flat_config, model_type),
+                             abstract_bert_params(flat_config),
+                             duplicates=_duplicates(config, model_type))
+
+
+def load_hf_bert(folder: str | os.PathLike) -> tuple[EncoderConfig, Params]:
+  """lmlab config and parameters of a BERT/RoBERTa MLM folder (config.json + safetensors).
+
+  Use ``hf_model_type(folder)`` to tell BERT from RoBERTa when saving back.
+  """
+  hf_config, state = common.read_hf_folder(folder)
+  config = bert_config_from_hf(hf_config)
+  return config, params_from_hf(state, config, hf_config.get("model_type", "bert"))
+
+
+def hf_model_type(folder: str | os.PathLike) -> str:
+  """``bert`` or ``roberta``: the model type recorded in a folder's config.json."""
+  return common.require_model_type(common.read_hf_config(folder), MODEL_TYPES, "BERT")
+
+
+def save_hf_bert(folder: str | os.PathLike, config: EncoderConfig, params: Params,
+                 model_type: str = "bert", base: Optional[Mapping[str, Any]] = None) -> None:
+  """Writes a folder that ``{Bert,Roberta}ForMaskedLM.from_pretrained`` loads.
+
+  Tied decoder copies are left out, as ``save_pretrained`` does.
+  """
+  state = params_to_hf(params, config, model_type)
+  if config.tie_output_embedding:
+    for name in _duplicates(config, model_type):
+      del state[name]
+  common.write_hf_folder(folder, bert_config_to_hf(config, model_type, base), state)
