@@ -28,8 +28,33 @@ REMAT_POLICIES = {
 }
 
 
+class _NetworkConfig:
+  """What every network config shares: checked choice fields and dtype accessors."""
+
+  def _check_choices(self, extra: dict[str, tuple]) -> None:
+    choices = {
+        "attention_backend": ATTENTION_BACKENDS,
+        "dtype": DTYPES,
+        "param_dtype": DTYPES,
+        "remat_policy": tuple(REMAT_POLICIES),
+        **extra,
+    }
+    for name, allowed in choices.items():
+      value = getattr(self, name)
+      if value not in allowed:
+        raise ValueError(f"{type(self).__name__}.{name}={value!r} is not one of {allowed}.")
+
+  @property
+  def compute_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype)
+
+  @property
+  def parameter_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.param_dtype)
+
+
 @dataclasses.dataclass(frozen=True)
-class EncoderConfig:
+class EncoderConfig(_NetworkConfig):
   """Hyper-parameters of a BERT-style bidirectional Transformer encoder.
 
   Attributes:
@@ -108,20 +133,8 @@ class EncoderConfig:
   remat_policy: str = "none"
 
   def __post_init__(self):
-    choices = {
-        "mlp_activation": MLP_ACTIVATIONS,
-        "norm_type": NORM_TYPES,
-        "norm_position": NORM_POSITIONS,
-        "position_scheme": POSITION_SCHEMES,
-        "attention_backend": ATTENTION_BACKENDS,
-        "dtype": DTYPES,
-        "param_dtype": DTYPES,
-        "remat_policy": tuple(REMAT_POLICIES),
-    }
-    for name, allowed in choices.items():
-      value = getattr(self, name)
-      if value not in allowed:
-        raise ValueError(f"EncoderConfig.{name}={value!r} is not one of {allowed}.")
+    self._check_choices({"mlp_activation": MLP_ACTIVATIONS, "norm_type": NORM_TYPES,
+                         "norm_position": NORM_POSITIONS, "position_scheme": POSITION_SCHEMES})
     if self.head_dim is None and self.d_model % self.num_heads:
       raise ValueError(
           f"EncoderConfig.d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
@@ -133,14 +146,6 @@ class EncoderConfig:
   def resolved_head_dim(self) -> int:
     return self.head_dim or self.d_model // self.num_heads
 
-  @property
-  def compute_dtype(self) -> jnp.dtype:
-    return jnp.dtype(self.dtype)
-
-  @property
-  def parameter_dtype(self) -> jnp.dtype:
-    return jnp.dtype(self.param_dtype)
-
   def with_vocab_size(self, vocab_size: int, multiple: int = 128) -> "EncoderConfig":
     """Returns a copy whose vocab_size is ``vocab_size`` rounded up to ``multiple``."""
     padded = -(-vocab_size // multiple) * multiple
@@ -151,7 +156,7 @@ T5_MLP_ACTIVATIONS = ("relu", "gelu_tanh", "gated_gelu_tanh", "gated_relu", "gat
 
 
 @dataclasses.dataclass(frozen=True)
-class T5Config:
+class T5Config(_NetworkConfig):
   """Hyper-parameters of a T5-family encoder–decoder (T5, T5 v1.1, ByT5, MrT5).
 
   Defaults are T5 v1.1 small. Norms are RMSNorm without bias, attention has
@@ -226,17 +231,7 @@ class T5Config:
   hard_delete_threshold: Optional[float] = None
 
   def __post_init__(self):
-    choices = {
-        "mlp_activation": T5_MLP_ACTIVATIONS,
-        "attention_backend": ATTENTION_BACKENDS,
-        "dtype": DTYPES,
-        "param_dtype": DTYPES,
-        "remat_policy": tuple(REMAT_POLICIES),
-    }
-    for name, allowed in choices.items():
-      value = getattr(self, name)
-      if value not in allowed:
-        raise ValueError(f"T5Config.{name}={value!r} is not one of {allowed}.")
+    self._check_choices({"mlp_activation": T5_MLP_ACTIVATIONS})
     if min(self.d_model, self.num_heads, self.head_dim, self.d_ff, self.num_encoder_layers,
            self.num_decoder_layers) < 1:
       raise ValueError("T5Config sizes (d_model, num_heads, head_dim, d_ff, layer counts) must be >= 1.")
@@ -247,14 +242,6 @@ class T5Config:
             f"(0..{self.num_encoder_layers - 1}).")
       if self.delete_gate_scale >= 0:
         raise ValueError(f"T5Config.delete_gate_scale must be negative, got {self.delete_gate_scale}.")
-
-  @property
-  def compute_dtype(self) -> jnp.dtype:
-    return jnp.dtype(self.dtype)
-
-  @property
-  def parameter_dtype(self) -> jnp.dtype:
-    return jnp.dtype(self.param_dtype)
 
   @property
   def delete_threshold(self) -> float:
