@@ -20,6 +20,10 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              f" --xla_force_host_platform_device_count={FAKE_DEVICES}").strip()
 
+# Float32 matmuls at full precision on accelerators too (GPUs default to TF32), so the
+# numerical-equality tests hold wherever the suite runs; a no-op on CPU.
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+
 # Small enough that a CLI run takes seconds on 2 CPU cores.
 TINY_RUN_BINDINGS = (
     "--gin.EncoderConfig.d_model=32",
