@@ -60,6 +60,7 @@ DEFAULT_RULES: Rules = (
     ("token_types", None),
     ("layers", None),
     ("relpos_buckets", None),
+    ("ssm_state", None),
 )
 
 

@@ -19,6 +19,10 @@ NORM_POSITIONS = ("post", "pre")
 POSITION_SCHEMES = ("learned", "rope", "alibi")
 ATTENTION_BACKENDS = ("xla",)
 DTYPES = ("float32", "bfloat16", "float16")
+# Token-mixing sub-layer of an encoder block: self-attention + MLP (BERT) or
+# the attention-free bidirectional gated SSM block of BiGS.
+MIXERS = ("attention", "bigs")
+SSM_A_INITS = ("hippo", "lin", "inv")
 # Name -> ``jax.checkpoint`` policy; "none" disables rematerialisation.
 REMAT_POLICIES = {
     "none": None,
@@ -103,6 +107,18 @@ class EncoderConfig(_NetworkConfig):
       outputs; ``dots_no_batch`` saves only matmuls without batch dimensions
       (the weight projections, not attention scores). Trades backward-pass
       recompute for activation memory, allowing larger batches or models.
+    mixer: ``attention`` (Transformer blocks) or ``bigs`` (BiGS blocks, see
+      ``lmlab.models.bigs``: two S4D branches and multiplicative gating; no
+      attention, ``num_heads``/``position_scheme`` other than ``learned``
+      are unused, ``d_ff`` is the gate's intermediate width, and there is no
+      final norm after the last pre-norm block, as in the reference).
+    ssm_state_size: BiGS: complex states ``N`` of each S4D system.
+    ssm_a_init: BiGS: initial S4D spectrum, ``hippo`` (reference default),
+      ``lin`` or ``inv``.
+    ssm_shared_kernel: BiGS: one S4D system per direction shared by all
+      channels (the reference) instead of one per channel.
+    ssm_mask_padding: BiGS: zero the SSM inputs at padding so neither
+      direction reads padding (the reference lets it flow through).
   """
 
   vocab_size: Optional[int] = None
@@ -131,10 +147,19 @@ class EncoderConfig(_NetworkConfig):
   pad_id: int = 0
   scan_layers: bool = False
   remat_policy: str = "none"
+  mixer: str = "attention"
+  ssm_state_size: int = 64
+  ssm_a_init: str = "hippo"
+  ssm_shared_kernel: bool = True
+  ssm_mask_padding: bool = False
 
   def __post_init__(self):
     self._check_choices({"mlp_activation": MLP_ACTIVATIONS, "norm_type": NORM_TYPES,
-                         "norm_position": NORM_POSITIONS, "position_scheme": POSITION_SCHEMES})
+                         "norm_position": NORM_POSITIONS, "position_scheme": POSITION_SCHEMES,
+                         "mixer": MIXERS, "ssm_a_init": SSM_A_INITS})
+    if self.mixer == "bigs" and self.position_scheme != "learned":
+      raise ValueError(f"EncoderConfig.position_scheme={self.position_scheme!r} has no effect "
+                       "with mixer='bigs' (no attention); BiGS uses learned absolute positions.")
     if self.head_dim is None and self.d_model % self.num_heads:
       raise ValueError(
           f"EncoderConfig.d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 
 from lmlab.models import layers
 from lmlab.models.attention import dot_product_attention, make_attention_mask
+from lmlab.models.bigs import BiGSLayer
 from lmlab.models.config import REMAT_POLICIES, EncoderConfig
 
 POOLINGS = ("cls", "mean")
@@ -129,12 +130,17 @@ class EncoderLayer(nn.Module):
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
-class _ScannedEncoderLayer(EncoderLayer):
-  """``EncoderLayer`` with the ``(carry, output)`` signature that ``nn.scan`` expects."""
+def _scanned(layer_cls: type[nn.Module]) -> type[nn.Module]:
+  """``layer_cls`` with the ``(carry, output)`` signature that ``nn.scan`` expects."""
 
-  def __call__(self, x: jax.Array, mask: jax.Array, bias: Optional[jax.Array],
-               positions: jax.Array, deterministic: bool) -> tuple[jax.Array, None]:
-    return super().__call__(x, mask, bias, positions, deterministic), None
+  class Scanned(layer_cls):
+
+    def __call__(self, x: jax.Array, mask: jax.Array, bias: Optional[jax.Array],
+                 positions: jax.Array, deterministic: bool) -> tuple[jax.Array, None]:
+      return super().__call__(x, mask, bias, positions, deterministic), None
+
+  Scanned.__name__ = Scanned.__qualname__ = f"Scanned{layer_cls.__name__}"
+  return Scanned
 
 
 # Index of ``deterministic`` in ``EncoderLayer.__call__`` counting ``self`` as 0,
@@ -143,14 +149,17 @@ _DETERMINISTIC_ARGNUM = 5
 
 
 @functools.lru_cache(maxsize=None)
-def _layer_class(scan_length: int, remat_policy: str) -> type[nn.Module]:
-  """``EncoderLayer`` lifted through ``nn.remat`` and/or ``nn.scan``.
+def _layer_class(mixer: str, scan_length: int, remat_policy: str) -> type[nn.Module]:
+  """The block class for ``mixer`` lifted through ``nn.remat`` and/or ``nn.scan``.
 
   Args:
+    mixer: ``attention`` (``EncoderLayer``) or ``bigs`` (``BiGSLayer``).
     scan_length: Number of scanned layers; 0 means no scan.
     remat_policy: Key of ``REMAT_POLICIES``.
   """
-  layer_cls = _ScannedEncoderLayer if scan_length else EncoderLayer
+  layer_cls = BiGSLayer if mixer == "bigs" else EncoderLayer
+  if scan_length:
+    layer_cls = _scanned(layer_cls)
   if remat_policy != "none":
     # Inside scan, XLA cannot CSE the recompute into the forward pass anyway.
     layer_cls = nn.remat(layer_cls, policy=REMAT_POLICIES[remat_policy],
@@ -227,12 +236,17 @@ class Encoder(nn.Module):
                        "task's vocabulary size before building the model.")
     self.embeddings = Embeddings(cfg)
     if cfg.scan_layers:
-      self.layers = _layer_class(cfg.num_layers, cfg.remat_policy)(cfg)
+      self.layers = _layer_class(cfg.mixer, cfg.num_layers, cfg.remat_policy)(cfg)
     else:  # A list names its modules layers_<i>.
-      layer_cls = _layer_class(0, cfg.remat_policy)
+      layer_cls = _layer_class(cfg.mixer, 0, cfg.remat_policy)
       self.layers = [layer_cls(cfg) for _ in range(cfg.num_layers)]
-    if cfg.norm_position == "pre":
+    if self._has_final_norm:
       self.final_norm = layers.make_norm(cfg)
+
+  @property
+  def _has_final_norm(self) -> bool:
+    """Pre-LN Transformers end with a norm; the BiGS reference does not."""
+    return self.config.norm_position == "pre" and self.config.mixer == "attention"
 
   def __call__(self, input_ids: jax.Array, *, segment_ids: Optional[jax.Array] = None,
                positions: Optional[jax.Array] = None,
@@ -262,15 +276,18 @@ class Encoder(nn.Module):
       segment_ids = _default_segment_ids(input_ids, cfg.pad_id)
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-    mask = make_attention_mask(segment_ids, segment_ids)
-    bias = layers.alibi_bias(positions, cfg.num_heads) if cfg.position_scheme == "alibi" else None
+    if cfg.mixer == "bigs":
+      mask, bias = segment_ids > 0, None  # BiGS blocks take a per-token mask.
+    else:
+      mask = make_attention_mask(segment_ids, segment_ids)
+      bias = layers.alibi_bias(positions, cfg.num_heads) if cfg.position_scheme == "alibi" else None
     x = self.embeddings(input_ids, positions, token_type_ids, deterministic)
     if cfg.scan_layers:
       x, _ = self.layers(x, mask, bias, positions, deterministic)
     else:
       for layer in self.layers:
         x = layer(x, mask, bias, positions, deterministic)
-    if cfg.norm_position == "pre":
+    if self._has_final_norm:
       x = self.final_norm(x)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
