@@ -75,8 +75,18 @@ class DenseGeneral(nn.Module):
         in_shape + features, self.param_dtype)
     kernel = jnp.asarray(kernel, self.dtype)
     x = jnp.asarray(x, self.dtype)
-    contract = (axes, tuple(range(len(axes))))
-    y = jax.lax.dot_general(x, kernel, (contract, ((), ())))
+    if axes == tuple(range(x.ndim - len(axes), x.ndim)):
+      # Contracting trailing axes: one 2-D matmul over all leading (token) axes.
+      # Same arithmetic as the dot_general below, but XLA:CPU runs its
+      # backward pass ~1.6x faster without the multi-axis weight-gradient
+      # transposes (measured on a gated MLP).
+      lead = x.shape[:x.ndim - len(axes)]
+      size_in, size_out = math.prod(in_shape), math.prod(features)
+      y = jnp.dot(x.reshape(-1, size_in), kernel.reshape(size_in, size_out))
+      y = y.reshape(lead + features)
+    else:
+      contract = (axes, tuple(range(len(axes))))
+      y = jax.lax.dot_general(x, kernel, (contract, ((), ())))
     if self.use_bias:
       bias_axes = self.kernel_axes[len(in_shape):]
       bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, bias_axes),
