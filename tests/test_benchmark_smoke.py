@@ -10,16 +10,21 @@ import jax
 import numpy as np
 import pytest
 
-BENCH = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "benchmarks" / "bench_encoder_vs_hf.py"
+BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "benchmarks"
 
 
-@pytest.fixture(scope="module")
-def bench():
-  spec = importlib.util.spec_from_file_location("bench_encoder_vs_hf", BENCH)
+def load_benchmark(name: str):
+  """Imports ``experiments/benchmarks/<name>.py`` (not a package) as a module."""
+  spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   sys.modules[spec.name] = module  # dataclasses look their module up there
   spec.loader.exec_module(module)
   return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+  return load_benchmark("bench_encoder_vs_hf")
 
 
 def test_lmlab_half_trains_and_times(bench):
@@ -41,16 +46,9 @@ def test_hf_half_has_the_same_parameter_count(bench):
   assert lmlab_params == hf_params
 
 
-SHARDING_BENCH = BENCH.parent / "bench_sharding.py"
-
-
 @pytest.fixture(scope="module")
 def sharding_bench():
-  spec = importlib.util.spec_from_file_location("bench_sharding", SHARDING_BENCH)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module
-  spec.loader.exec_module(module)
-  return module
+  return load_benchmark("bench_sharding")
 
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
@@ -62,3 +60,68 @@ def test_sharding_benchmark_tables(sharding_bench):
                                        d_ff=64, max_positions=128, scan_layers=True)
   partitioner = sharding_bench.Partitioner(sharding_bench.MeshConfig(ici_shape=(1, -1, 1)))
   assert sharding_bench.compile_seconds(micro, partitioner, 8) > 0
+
+
+@pytest.fixture(scope="module")
+def t5_bench():
+  return load_benchmark("bench_t5")
+
+
+def test_t5_benchmark_training_runners(t5_bench):
+  cfg = t5_bench.TrainBench(vocab_size=256, num_layers=1, d_model=32, num_heads=2, head_dim=16,
+                            d_ff=64, batch_size=2, inputs_length=16, targets_length=8)
+  batch = t5_bench.span_corruption_batch(cfg)
+  assert (batch["encoder_input_tokens"] >= 256 - 64).any()  # sentinels from the top of the vocab
+  assert (batch["decoder_target_tokens"][:, -1] == 1).all()
+  step, lmlab_params, holder = t5_bench.lmlab_train_runner(cfg)
+  step()
+  first = holder["loss"]
+  for _ in range(5):
+    step()
+  assert np.isfinite(first) and holder["loss"] < first  # the same batch: the loss must fall
+  if importlib.util.find_spec("torch") and importlib.util.find_spec("transformers"):
+    hf_step, hf_params, hf_holder, _ = t5_bench.hf_train_runner(cfg, threads=1)
+    hf_step()
+    assert hf_params == lmlab_params and np.isfinite(hf_holder["loss"])
+
+
+def test_t5_benchmark_mrt5_hard_deletion_shrinks_rows(t5_bench):
+  cfg = t5_bench.byte_config("tiny", gate_layer=1)
+  ids = np.random.RandomState(0).randint(3, 259, size=(2, 64)).astype(np.int32)
+  gate = t5_bench.forced_gate(cfg, 2, 64, 0.5)
+  assert ((gate != 0).sum(axis=1) == 32).all()
+  forward, holder = t5_bench.mrt5_runner(cfg, ids, gate)
+  out = forward()
+  assert holder["length"] == 32 and abs(holder["kept"] - 0.5) < 1e-6
+  assert out.shape[:2] == (2, 32)
+
+
+def test_t5_benchmark_decode_table(t5_bench):
+  cfg = t5_bench.TrainBench(vocab_size=128, num_layers=1, d_model=32, num_heads=2, head_dim=16,
+                            d_ff=64)
+  rates = t5_bench.decode_table(cfg, batch=2, inputs_length=8, decode_length=4, warmup=0,
+                                steps=1, repeats=1)
+  assert set(rates) == {"without cache", "with KV cache"} and min(rates.values()) > 0
+
+
+def test_bigs_benchmark_rows(monkeypatch):
+  bigs_bench = load_benchmark("bench_bigs")
+  bench = bigs_bench.LayerBench(d_model=16, head_dim=8, state_size=4, batch_size=2)
+  rows = bigs_bench.run_table(bench, [8, 16], warmup=1, steps=1, repeats=1, emit=lambda _: None)
+  assert [row["length"] for row in rows] == [8, 16]
+  assert all(row[mixer] > 0 for row in rows for mixer in ("bigs", "attention"))
+  lengths = [128, 512, 1024, 2048, 4096]
+  assert abs(bigs_bench.growth_exponent(lengths, [n**2 for n in lengths]) - 2.0) < 1e-6
+  assert abs(bigs_bench.growth_exponent(lengths, [3e-4 * n for n in lengths]) - 1.0) < 1e-6
+  assert abs(bigs_bench.growth_exponent(lengths, [n**2 for n in lengths[:-1]] + [None]) - 2.0) < 1e-6
+  assert bigs_bench.growth_exponent([8, 16], [1.0, None]) is None
+  fits = bigs_bench.report_exponents(
+      [{"length": n, "bigs": float(n), "attention": float(n)**2} for n in lengths], 512,
+      emit=lambda _: None)
+  assert abs(fits["long"]["bigs"] - 1.0) < 1e-6 and abs(fits["all"]["attention"] - 2.0) < 1e-6
+
+  def out_of_memory(*args, **kwargs):
+    raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.0G")
+
+  monkeypatch.setattr(bigs_bench, "grad_runner", out_of_memory)
+  assert bigs_bench.time_layer(bench, "attention", 8, 0, 1, 1) == (None, None)
