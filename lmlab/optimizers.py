@@ -7,6 +7,11 @@ convention); ``adafactor`` is optax's Adafactor with T5's settings (factored
 second moments, decay 0.8, update clipping at 1, updates scaled by the
 parameter's RMS, no momentum), usually with the ``rsqrt`` schedule
 (``gin/optimizers/adafactor_t5.gin``).
+
+State-space parameters (the S4D ``A_re``, ``A_im`` and ``log_step`` of BiGS)
+can train with a smaller learning rate (``ssm_learning_rate_scale``, 0.1 in
+the BiGS recipe, as S4 does) or be frozen (``freeze_ssm``, an option for
+fine-tuning); like biases and norms they are never weight-decayed.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import gin
 import jax
 import jax.numpy as jnp
 import optax
+
+from lmlab.models.ssm import SSM_PARAMETER_NAMES
 
 SCHEDULES = ("linear", "cosine", "constant", "inverse_sqrt", "rsqrt")
 OPTIMIZERS = ("adamw", "adafactor")
@@ -50,6 +57,10 @@ class OptimizerConfig:
     adafactor_clipping_threshold: Adafactor's update clipping (RMS).
     adafactor_scale_by_parameter: Scale Adafactor updates by the parameter's
       RMS (relative step size, as in T5).
+    ssm_learning_rate_scale: Factor on the learning rate of state-space
+      parameters (``SSM_PARAMETER_NAMES``); 1 trains them like the rest.
+    freeze_ssm: Keep state-space parameters fixed: their gradients are zeroed
+      before clipping, so they neither move nor count in the global norm.
   """
 
   optimizer: str = "adamw"
@@ -65,6 +76,8 @@ class OptimizerConfig:
   adafactor_decay_rate: float = 0.8
   adafactor_clipping_threshold: Optional[float] = 1.0
   adafactor_scale_by_parameter: bool = True
+  ssm_learning_rate_scale: float = 1.0
+  freeze_ssm: bool = False
 
   def __post_init__(self):
     if self.optimizer not in OPTIMIZERS:
@@ -74,6 +87,9 @@ class OptimizerConfig:
     if self.warmup_steps < 0 or self.learning_rate <= 0:
       raise ValueError("OptimizerConfig needs learning_rate > 0 and warmup_steps >= 0, got "
                        f"learning_rate={self.learning_rate}, warmup_steps={self.warmup_steps}.")
+    if self.ssm_learning_rate_scale < 0:
+      raise ValueError("OptimizerConfig.ssm_learning_rate_scale must be >= 0, got "
+                       f"{self.ssm_learning_rate_scale}; use freeze_ssm=True to keep them fixed.")
 
 
 def make_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
@@ -101,23 +117,34 @@ def make_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
 DECAYED_PARAMETER_NAMES = ("kernel", "embedding")
 
 
+def _leaf_name_mask(params: Any, names: tuple[str, ...]) -> Any:
+  """True for the leaves whose own name (last path entry) is in ``names``."""
+  def named(path, _):
+    last = path[-1]
+    return str(getattr(last, "key", getattr(last, "name", ""))) in names
+  return jax.tree_util.tree_map_with_path(named, params)
+
+
 def decay_mask(params: Any) -> Any:
-  """True for weight matrices and embeddings, False for biases and norm scales.
+  """True for weight matrices and embeddings, False for biases, norm scales and SSM parameters.
 
   Decided by the leaf's name, not its rank: attention biases are (heads, kv)
   matrices but must not be decayed.
   """
-  def decayed(path, _):
-    last = path[-1]
-    name = getattr(last, "key", getattr(last, "name", ""))
-    return str(name) in DECAYED_PARAMETER_NAMES
-  return jax.tree_util.tree_map_with_path(decayed, params)
+  return _leaf_name_mask(params, DECAYED_PARAMETER_NAMES)
+
+
+def ssm_mask(params: Any) -> Any:
+  """True for the state-space parameters that ``ssm_learning_rate_scale``/``freeze_ssm`` act on."""
+  return _leaf_name_mask(params, SSM_PARAMETER_NAMES)
 
 
 def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
   """Gradient clipping followed by AdamW (masked weight decay) or Adafactor."""
   schedule = make_schedule(config, total_steps)
   parts = []
+  if config.freeze_ssm:
+    parts.append(optax.masked(optax.set_to_zero(), ssm_mask))
   if config.clip_grad_norm:
     parts.append(optax.clip_by_global_norm(config.clip_grad_norm))
   if config.optimizer == "adafactor":
@@ -126,9 +153,12 @@ def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientT
         clipping_threshold=config.adafactor_clipping_threshold,
         multiply_by_parameter_scale=config.adafactor_scale_by_parameter,
         weight_decay_rate=config.weight_decay or None, weight_decay_mask=decay_mask))
-    return optax.chain(*parts)
-  parts.append(
-      optax.adamw(
-          schedule, b1=config.b1, b2=config.b2, eps=config.eps,
-          weight_decay=config.weight_decay, mask=decay_mask))
+  else:
+    parts.append(
+        optax.adamw(
+            schedule, b1=config.b1, b2=config.b2, eps=config.eps,
+            weight_decay=config.weight_decay, mask=decay_mask))
+  if config.ssm_learning_rate_scale != 1.0 and not config.freeze_ssm:
+    # Updates are linear in the learning rate (the SSM leaves carry no weight decay).
+    parts.append(optax.masked(optax.scale(config.ssm_learning_rate_scale), ssm_mask))
   return optax.chain(*parts)

@@ -1,4 +1,4 @@
-"""Command line: convert Hugging Face checkpoints to lmlab parameter files and back.
+"""Command line: convert Hugging Face (and BiGS reference) checkpoints to lmlab files and back.
 
 Import a Hugging Face folder (``config.json`` + ``model.safetensors``)::
 
@@ -13,6 +13,14 @@ the original Hugging Face config. Export reads both back::
 The exported folder loads with ``from_pretrained``. Entries of the original
 Hugging Face config that lmlab does not model (token ids, tokenizer class,
 task prefixes) are carried over from the sidecar.
+
+``--family bigs`` reads and writes folders of the BiGS reference Flax model
+(``config.json`` + ``flax_model.msgpack``, see ``lmlab.convert.bigs``). The
+head (masked LM or sequence classification) is taken from the checkpoint and
+recorded in the sidecar::
+
+  python -m lmlab.convert import --family bigs --hf_dir ./bigs-128 --output bigs.msgpack
+  python -m lmlab.convert export --family bigs --params bigs.msgpack --hf_dir ./bigs-again
 """
 
 from __future__ import annotations
@@ -24,10 +32,10 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from lmlab.convert import common, hf_bert, hf_t5
+from lmlab.convert import bigs, common, hf_bert, hf_t5
 from lmlab.models.config import EncoderConfig, T5Config
 
-FAMILIES = ("t5", "bert")
+FAMILIES = ("t5", "bert", "bigs")
 
 
 def default_config_path(params_path: str) -> str:
@@ -38,12 +46,15 @@ def default_config_path(params_path: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="python -m lmlab.convert",
-      description="Convert Hugging Face T5 / BERT / RoBERTa checkpoints to and from lmlab.")
+      description="Convert Hugging Face T5 / BERT / RoBERTa and reference BiGS checkpoints to "
+      "and from lmlab.")
   commands = parser.add_subparsers(dest="command", required=True)
   imp = commands.add_parser("import", help="Hugging Face folder -> lmlab parameter file.")
   imp.add_argument("--family", choices=FAMILIES, required=True,
-                   help="t5 (T5ForConditionalGeneration) or bert (Bert/RobertaForMaskedLM).")
-  imp.add_argument("--hf_dir", required=True, help="Folder with config.json + model.safetensors.")
+                   help="t5 (T5ForConditionalGeneration), bert (Bert/RobertaForMaskedLM) or "
+                   "bigs (reference FlaxBiGSForMaskedLM / FlaxBiGSForSequenceClassification).")
+  imp.add_argument("--hf_dir", required=True,
+                   help="Folder with config.json + model.safetensors (bigs: flax_model.msgpack).")
   imp.add_argument("--output", required=True, help="Parameter file to write (.npz or .msgpack).")
   imp.add_argument("--config_output", default=None,
                    help="lmlab config JSON to write (default: <output stem>.config.json).")
@@ -61,15 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
 def run_import(family: str, hf_dir: str, output: str, config_output: Optional[str] = None) -> None:
   """Converts a Hugging Face folder into a parameter file plus its config sidecar."""
   hf_config = common.read_hf_config(hf_dir)
+  extra: dict[str, Any] = {}
   if family == "t5":
     config, params = hf_t5.load_hf_t5(hf_dir)
     model_type = "t5"
+  elif family == "bigs":
+    checkpoint = bigs.load_reference_bigs(hf_dir)
+    config, params = checkpoint.config, checkpoint.params
+    model_type = bigs.MODEL_TYPE
+    extra = {"head": checkpoint.head, "num_classes": checkpoint.num_classes}
   else:
     config, params = hf_bert.load_hf_bert(hf_dir)
     model_type = hf_config.get("model_type", "bert")
   common.save_params(output, params)
   sidecar = {"family": family, "hf_model_type": model_type,
-             "config": dataclasses.asdict(config), "hf_config": hf_config}
+             "config": dataclasses.asdict(config), "hf_config": hf_config, **extra}
   with open(config_output or default_config_path(output), "w") as f:
     json.dump(sidecar, f, indent=2, sort_keys=True)
     f.write("\n")
@@ -87,6 +104,9 @@ def run_export(family: str, params_path: str, hf_dir: str, config_path: Optional
   if family == "t5":
     hf_t5.save_hf_t5(hf_dir, T5Config(**sidecar["config"]), params,
                      base=sidecar.get("hf_config"))
+  elif family == "bigs":
+    bigs.save_reference_bigs(hf_dir, EncoderConfig(**sidecar["config"]), params,
+                             head=sidecar.get("head"), base=sidecar.get("hf_config"))
   else:
     model_type = model_type or sidecar.get("hf_model_type", "bert")
     hf_bert.save_hf_bert(hf_dir, EncoderConfig(**sidecar["config"]), params, model_type,

@@ -146,6 +146,28 @@ def path_str(path: Sequence[str]) -> str:
   return "/".join(path)
 
 
+def stack_layers(params: Params, num_layers: int) -> Params:
+  """``encoder/layers_<i>/...`` -> ``encoder/layers/...`` with a leading layer axis.
+
+  Converters work on the unrolled tree; this gives the layout of an encoder
+  built with ``scan_layers=True``.
+  """
+  encoder = dict(params["encoder"])
+  layers = [encoder.pop(f"layers_{i}") for i in range(num_layers)]
+  flat = [flatten(layer) for layer in layers]
+  encoder["layers"] = unflatten({k: np.stack([f[k] for f in flat]) for k in flat[0]})
+  return dict(params, encoder=encoder)
+
+
+def unstack_layers(params: Params, num_layers: int) -> Params:
+  """Inverse of ``stack_layers``: ``encoder/layers/...`` -> ``encoder/layers_<i>/...``."""
+  encoder = dict(params["encoder"])
+  stacked = flatten(encoder.pop("layers"))
+  for i in range(num_layers):
+    encoder[f"layers_{i}"] = unflatten({k: np.asarray(v)[i] for k, v in stacked.items()})
+  return dict(params, encoder=encoder)
+
+
 def abstract_params(module: nn.Module, *init_args: Any, **init_kwargs: Any) -> Params:
   """Shapes (``jax.ShapeDtypeStruct`` leaves) of ``module.init(...)["params"]``, unboxed.
 

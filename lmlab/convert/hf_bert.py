@@ -259,23 +259,6 @@ def _unscanned(config: EncoderConfig) -> EncoderConfig:
   return dataclasses.replace(config, scan_layers=False)
 
 
-def _stack_layers(params: Params, num_layers: int) -> Params:
-  """``encoder/layers_<i>/...`` -> ``encoder/layers/...`` with a leading layer axis."""
-  encoder = dict(params["encoder"])
-  layers = [encoder.pop(f"layers_{i}") for i in range(num_layers)]
-  flat = [common.flatten(layer) for layer in layers]
-  encoder["layers"] = common.unflatten({k: np.stack([f[k] for f in flat]) for k in flat[0]})
-  return dict(params, encoder=encoder)
-
-
-def _unstack_layers(params: Params, num_layers: int) -> Params:
-  encoder = dict(params["encoder"])
-  stacked = common.flatten(encoder.pop("layers"))
-  for i in range(num_layers):
-    encoder[f"layers_{i}"] = common.unflatten({k: np.asarray(v)[i] for k, v in stacked.items()})
-  return dict(params, encoder=encoder)
-
-
 def _normalise_names(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   """Renames old TensorFlow-era ``LayerNorm.gamma/beta`` and drops known-unused tensors."""
   renamed = {}
@@ -316,7 +299,7 @@ def params_from_hf(state: Mapping[str, np.ndarray], config: EncoderConfig,
       _normalise_names(state), bert_plan(flat_config, model_type),
       abstract_bert_params(flat_config), duplicates=duplicates if tied else None,
       ignorable=() if tied else tuple(duplicates), what=f"{model_type} masked LM")
-  return _stack_layers(params, config.num_layers) if config.scan_layers else params
+  return common.stack_layers(params, config.num_layers) if config.scan_layers else params
 
 
 def params_to_hf(params: Params, config: EncoderConfig, model_type: str = "bert") -> StateDict:
@@ -327,7 +310,7 @@ def params_to_hf(params: Params, config: EncoderConfig, model_type: str = "bert"
   """
   _check_exportable(config, model_type)
   if config.scan_layers:
-    params = _unstack_layers(params, config.num_layers)
+    params = common.unstack_layers(params, config.num_layers)
   flat_config = _unscanned(config)
   return common.export_state(params, bert_plan(flat_config, model_type),
                              abstract_bert_params(flat_config),

@@ -160,7 +160,7 @@ class EncoderConfig(_NetworkConfig):
     if self.mixer == "bigs" and self.position_scheme != "learned":
       raise ValueError(f"EncoderConfig.position_scheme={self.position_scheme!r} has no effect "
                        "with mixer='bigs' (no attention); BiGS uses learned absolute positions.")
-    if self.head_dim is None and self.d_model % self.num_heads:
+    if self.mixer == "attention" and self.head_dim is None and self.d_model % self.num_heads:
       raise ValueError(
           f"EncoderConfig.d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
           "set head_dim explicitly or choose a divisible width.")
