@@ -15,6 +15,8 @@ BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "b
 
 def load_benchmark(name: str):
   """Imports ``experiments/benchmarks/<name>.py`` (not a package) as a module."""
+  if str(BENCHMARKS) not in sys.path:  # the scripts import their sibling ``timing``
+    sys.path.insert(0, str(BENCHMARKS))
   spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   sys.modules[spec.name] = module  # dataclasses look their module up there

@@ -60,8 +60,6 @@ import argparse
 import dataclasses
 import os
 import platform
-import statistics
-import time
 from typing import Callable, Optional, Sequence
 
 import flax
@@ -73,24 +71,12 @@ from lmlab.models.attention import make_attention_mask
 from lmlab.models.bigs import BiGSLayer
 from lmlab.models.config import EncoderConfig
 from lmlab.models.encoder import EncoderLayer
+from timing import time_steps  # sibling module: experiments/benchmarks/timing.py
 
 MIXERS = ("bigs", "attention")
 DEFAULT_LENGTHS = (128, 512, 1024, 2048, 4096)
 SMOKE_LENGTHS = (16, 32, 64)
 OOM_MARKERS = ("resource_exhausted", "out of memory", "failed to allocate")  # matched lower-cased
-
-
-def time_steps(step: Callable[[], None], warmup: int, steps: int, repeats: int) -> float:
-  """Median seconds per step over ``repeats`` timed runs of ``steps`` steps."""
-  for _ in range(warmup):
-    step()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    for _ in range(steps):
-      step()
-    times.append((time.perf_counter() - start) / steps)
-  return statistics.median(times)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,9 +25,7 @@ import argparse
 import dataclasses
 import os
 import platform
-import statistics
-import time
-from typing import Callable, Optional
+from typing import Optional
 
 import jax
 import numpy as np
@@ -36,6 +34,7 @@ from lmlab.model_wrappers import MaskedLMModel
 from lmlab.models import EncoderConfig
 from lmlab.optimizers import OptimizerConfig, make_optimizer, make_schedule
 from lmlab.trainer import create_train_state, make_train_step
+from timing import time_steps  # sibling module: experiments/benchmarks/timing.py
 
 MASK_RATE = 0.15
 
@@ -79,19 +78,6 @@ def synthetic_batch(cfg: BenchConfig, seed: int = 0) -> dict[str, np.ndarray]:
   return {"input_ids": inputs, "targets": targets, "loss_weights": weights,
           "segment_ids": np.ones(shape, np.int32),
           "positions": np.tile(np.arange(cfg.sequence_length, dtype=np.int32), (cfg.batch_size, 1))}
-
-
-def time_steps(step: Callable[[], None], warmup: int, steps: int, repeats: int) -> float:
-  """Median seconds per step over ``repeats`` timed runs of ``steps`` steps."""
-  for _ in range(warmup):
-    step()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    for _ in range(steps):
-      step()
-    times.append((time.perf_counter() - start) / steps)
-  return statistics.median(times)
 
 
 def lmlab_runner(cfg: BenchConfig, max_prediction_fraction: Optional[float]):

@@ -43,9 +43,7 @@ import dataclasses
 import math
 import os
 import platform
-import statistics
-import time
-from typing import Callable, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -57,23 +55,11 @@ from lmlab.models.byte_level import keep_tokens
 from lmlab.models.config import T5Config
 from lmlab.optimizers import OptimizerConfig, make_optimizer, make_schedule
 from lmlab.trainer import create_train_state, make_train_step
+from timing import time_steps  # sibling module: experiments/benchmarks/timing.py
 
 # Shared by both sides of the training comparison.
 LEARNING_RATE, BETAS, EPS, WEIGHT_DECAY, CLIP_NORM = 1e-4, (0.9, 0.999), 1e-8, 0.01, 1.0
 NOISE_DENSITY, MEAN_SPAN = 0.15, 3.0
-
-
-def time_steps(step: Callable[[], None], warmup: int, steps: int, repeats: int) -> float:
-  """Median seconds per step over ``repeats`` timed runs of ``steps`` steps."""
-  for _ in range(warmup):
-    step()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    for _ in range(steps):
-      step()
-    times.append((time.perf_counter() - start) / steps)
-  return statistics.median(times)
 
 
 def params_count(params) -> int:
@@ -369,12 +355,8 @@ def decode_table(cfg: TrainBench, batch: int, inputs_length: int, decode_length:
 
 
 def _has_torch() -> bool:
-  try:
-    import torch  # pylint: disable=import-outside-toplevel,unused-import
-    import transformers  # pylint: disable=import-outside-toplevel,unused-import
-  except ImportError:
-    return False
-  return True
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  return all(importlib.util.find_spec(name) for name in ("torch", "transformers"))
 
 
 def main() -> None:

@@ -186,21 +186,11 @@ def bigs_config_from_reference(ref_config: Mapping[str, Any],
 
 
 def _check_exportable(config: EncoderConfig) -> None:
-  problems = []
+  problems = common.bert_layout_problems(config)
   if config.mixer != "bigs":
     problems.append(f"mixer={config.mixer!r} (needs bigs)")
-  if config.vocab_size is None:
-    problems.append("vocab_size is None")
   if config.norm_type != "layernorm":
     problems.append(f"norm_type={config.norm_type!r} (needs layernorm)")
-  if not config.use_bias:
-    problems.append("use_bias=False")
-  if not config.embedding_norm:
-    problems.append("embedding_norm=False")
-  if config.num_token_types < 1:
-    problems.append("num_token_types=0")
-  if config.position_scheme != "learned":
-    problems.append(f"position_scheme={config.position_scheme!r} (needs learned)")
   if not config.ssm_shared_kernel:
     problems.append("ssm_shared_kernel=False (the reference has one S4D system per direction)")
   if config.ssm_mask_padding:

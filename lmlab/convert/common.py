@@ -142,6 +142,26 @@ def unflatten(flat: Mapping[Sequence[str], Any]) -> Params:
   return tree
 
 
+def bert_layout_problems(config: Any) -> list[str]:
+  """What keeps an ``EncoderConfig`` from the BERT embedding layout that HF BERT and BiGS share.
+
+  Both store word + learned position + token-type embeddings, a LayerNorm with
+  bias after them, and biased dense layers; each converter adds its own checks.
+  """
+  problems = []
+  if config.vocab_size is None:
+    problems.append("vocab_size is None")
+  if config.position_scheme != "learned":
+    problems.append(f"position_scheme={config.position_scheme!r} (needs learned)")
+  if not config.use_bias:
+    problems.append("use_bias=False")
+  if not config.embedding_norm:
+    problems.append("embedding_norm=False")
+  if config.num_token_types < 1:
+    problems.append("num_token_types=0")
+  return problems
+
+
 def path_str(path: Sequence[str]) -> str:
   return "/".join(path)
 

@@ -124,19 +124,9 @@ def bert_config_from_hf(hf_config: Mapping[str, Any]) -> EncoderConfig:
 def _check_exportable(config: EncoderConfig, model_type: str) -> None:
   if model_type not in MODEL_TYPES:
     raise common.ConversionError(f"model_type={model_type!r} is not one of {MODEL_TYPES}.")
-  problems = []
-  if config.vocab_size is None:
-    problems.append("vocab_size is None")
+  problems = common.bert_layout_problems(config)
   if config.norm_type != "layernorm" or config.norm_position != "post":
     problems.append(f"{config.norm_position}-{config.norm_type} (needs post-layernorm)")
-  if config.position_scheme != "learned":
-    problems.append(f"position_scheme={config.position_scheme!r} (needs learned)")
-  if not config.use_bias:
-    problems.append("use_bias=False")
-  if not config.embedding_norm:
-    problems.append("embedding_norm=False")
-  if config.num_token_types < 1:
-    problems.append("num_token_types=0")
   if config.resolved_head_dim * config.num_heads != config.d_model:
     problems.append(f"head_dim={config.head_dim} with heads*head_dim != d_model")
   act = config.mlp_activation
