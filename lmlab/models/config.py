@@ -116,7 +116,9 @@ class EncoderConfig(_NetworkConfig):
     ssm_a_init: BiGS: initial S4D spectrum, ``hippo`` (reference default),
       ``lin`` or ``inv``.
     ssm_shared_kernel: BiGS: one S4D system per direction shared by all
-      channels (the reference) instead of one per channel.
+      channels (the reference) instead of one per channel. Per-channel
+      kernels are built from a ``[d_model, N, L]`` complex array (about 2 GB
+      per block at d_model 1024, N 64, L 4096), so prefer them at short lengths.
     ssm_mask_padding: BiGS: zero the SSM inputs at padding so neither
       direction reads padding (the reference lets it flow through).
   """
