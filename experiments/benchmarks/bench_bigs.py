@@ -8,14 +8,14 @@ steps after ``--warmup`` untimed steps. No optimizer, no embeddings, no head:
 only the token mixing and the MLP/gating that every layer of the model pays.
 
 The two blocks, each built from ``lmlab.models`` at the same width and called
-as ``Encoder.__call__`` calls them (``layer(x, mask, None, positions,
-deterministic=True)``, no dropout, every token real):
+as ``Encoder.__call__`` calls them (``layer(x, segment_ids_or_mask, None,
+positions, deterministic=True)``, no dropout, every token real):
 
 - attention: ``EncoderLayer`` (BERT post-LN block: self-attention with
   ``d_model / --head_dim`` heads, exact-GELU MLP of width ``d_ff``), attention
-  backend ``xla`` (plain ``jnp``, the ``L x L`` scores are materialised). Its
-  ``[batch, 1, L, L]`` mask is built inside the timed function from segment
-  ids with ``make_attention_mask``, as the encoder does.
+  backend ``xla`` (plain ``jnp``, the ``L x L`` scores are materialised). It
+  takes the segment ids and builds its ``L x L`` mask inside the timed
+  function, as the encoder does.
 - BiGS: ``BiGSLayer`` (``mixer="bigs"``, post-norm, S4D with ``--state_size``
   complex states and one kernel shared by all channels, as in the reference),
   per-token mask ``segment_ids > 0``. The S4D kernel (``O(N L)``) is
@@ -67,7 +67,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmlab.models.attention import make_attention_mask
 from lmlab.models.bigs import BiGSLayer
 from lmlab.models.config import EncoderConfig
 from lmlab.models.encoder import EncoderLayer
@@ -129,8 +128,8 @@ def grad_runner(bench: LayerBench, mixer: str, length: int, seed: int = 0):
   positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), shape)
 
   def block_mask(segment_ids: jax.Array) -> jax.Array:
-    # As in ``Encoder.__call__``: per-token for BiGS, [batch, 1, L, L] for attention.
-    return segment_ids > 0 if mixer == "bigs" else make_attention_mask(segment_ids, segment_ids)
+    # As in ``Encoder.__call__``: a per-token mask for BiGS, segment ids for attention.
+    return segment_ids > 0 if mixer == "bigs" else segment_ids
 
   params = jax.jit(lambda key: layer.init(key, x, block_mask(segment_ids), None, positions, True))(
       jax.random.PRNGKey(seed + 1))

@@ -1,24 +1,54 @@
 """Scaled dot-product attention behind one function with pluggable backends.
 
-Callers always use :func:`dot_product_attention`; the ``backend`` argument
-picks an implementation from ``BACKENDS``. ``"xla"`` is the plain ``jnp``
-reference that every faster backend (Pallas, cuDNN) is tested against; a new
-backend is added by putting a function with the same keyword signature as
-``_xla_attention`` into ``BACKENDS``.
+Callers always use :func:`dot_product_attention` and describe *what* may be
+attended with structured inputs (segment ids, causality, ALiBi slopes, a
+dense bias, a per-key bias) rather than with a materialised mask, so that a
+memory-efficient kernel can build the mask tile by tile. The ``backend``
+argument (``attention_backend`` in the network configs, bound by gin) picks
+an implementation from ``BACKENDS``:
+
+``xla``
+  Plain ``jnp`` (the reference every other backend is tested against):
+  float32 logits and softmax over the full ``[q_len, kv_len]`` matrix.
+  Supports everything, including attention-probability dropout and an
+  arbitrary dense boolean ``mask``.
+``pallas``
+  :func:`pallas_kernels.flash_attention.flash_attention`: tiled online
+  softmax with a recomputing backward pass, memory linear in length. On GPU
+  it lowers through Triton; on CPU it runs in Pallas interpret mode (correct
+  but slow: meant for tests; a warning is logged once). It has no dropout on
+  the probabilities and no dense ``mask`` (an error says so).
+``cudnn``
+  ``jax.nn.dot_product_attention(implementation="cudnn")``: NVIDIA's fused
+  kernel. It needs a GPU and float16/bfloat16 inputs; elsewhere it falls
+  back to ``jax.nn.dot_product_attention``'s XLA path with a warning logged
+  once (documented fallback, so one gin file runs everywhere). Segment ids,
+  ALiBi and the per-key bias are turned into a dense mask and bias for it.
 
 Shapes: queries ``[batch, q_len, heads, head_dim]``, keys and values
-``[batch, kv_len, heads, head_dim]``; masks and biases broadcast to
-``[batch, heads, q_len, kv_len]``. A mask entry ``True`` means "may attend".
+``[batch, kv_len, heads, head_dim]``. Segment id 0 marks padding: a padding
+query attends to nothing (its output is zero) and no query attends to a
+padding key. A query with no visible key outputs zeros in every backend.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels import flash_attention as flash
+
 AttentionFn = Callable[..., jax.Array]
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+  if key not in _warned:
+    _warned.add(key)
+    logging.warning(message)
 
 
 def make_attention_mask(segment_ids_q: jax.Array, segment_ids_kv: jax.Array) -> jax.Array:
@@ -33,28 +63,33 @@ def make_attention_mask(segment_ids_q: jax.Array, segment_ids_kv: jax.Array) -> 
   return (q == kv) & (q != 0) & (kv != 0)
 
 
-def _xla_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
-                   bias: Optional[jax.Array], mask: Optional[jax.Array],
-                   dropout_rng: Optional[jax.Array], dropout_rate: float,
-                   deterministic: bool, dtype: jnp.dtype, scale: float) -> jax.Array:
+def _dense_logits_and_mask(query, key, structure) -> tuple[jax.Array, jax.Array]:
+  """The structured inputs as a dense float32 additive term and boolean mask."""
+  structure = dict(structure)
+  mask = structure.pop("mask")
+  add, structured_mask = flash.attention_logits_and_mask(
+      query.shape[1], key.shape[1], batch=query.shape[0], heads=query.shape[2], **structure)
+  if mask is not None:
+    structured_mask = structured_mask & jnp.asarray(mask, bool)
+  return add, structured_mask
+
+
+def _xla_attention(query, key, value, *, structure, dropout_rng, dropout_rate, deterministic,
+                   dtype, scale) -> jax.Array:
   """Reference attention in plain ``jnp``: logits and softmax in float32.
 
   Masked entries get a zero probability after the softmax (not only a large
   negative logit), so a fully masked row yields zeros instead of NaN or an
   average over padding.
   """
+  add, mask = _dense_logits_and_mask(query, key, structure)
   query = jnp.asarray(query, dtype)
   if scale != 1.0:
     query = query * jnp.asarray(scale, dtype)
   logits = jnp.einsum("bqhd,bkhd->bhqk", query, jnp.asarray(key, dtype),
                       preferred_element_type=jnp.float32)
-  if bias is not None:
-    logits = logits + jnp.asarray(bias, jnp.float32)
-  if mask is not None:
-    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(logits, axis=-1)
-  if mask is not None:
-    probs = jnp.where(mask, probs, 0.0)
+  logits = jnp.where(mask, logits + add, jnp.finfo(jnp.float32).min)
+  probs = jnp.where(mask, jax.nn.softmax(logits, axis=-1), 0.0)
   if not deterministic and dropout_rate > 0.0:
     if dropout_rng is None:
       raise ValueError("dropout_rng is required when dropout is active.")
@@ -63,11 +98,68 @@ def _xla_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
   return jnp.einsum("bhqk,bkhd->bqhd", jnp.asarray(probs, dtype), jnp.asarray(value, dtype))
 
 
-BACKENDS: dict[str, AttentionFn] = {"xla": _xla_attention}
+def _no_dropout(backend: str, dropout_rate: float, deterministic: bool) -> None:
+  if not deterministic and dropout_rate > 0.0:
+    raise ValueError(
+        f"The {backend!r} attention backend has no dropout on attention probabilities, but "
+        f"attention_dropout_rate={dropout_rate}. Set attention_dropout_rate=0.0 in the network "
+        "config (common for modern encoders) or use attention_backend='xla'.")
+
+
+def _pallas_attention(query, key, value, *, structure, dropout_rng, dropout_rate, deterministic,
+                      dtype, scale) -> jax.Array:
+  """Flash attention kernel; memory linear in sequence length."""
+  del dropout_rng
+  _no_dropout("pallas", dropout_rate, deterministic)
+  structure = dict(structure)
+  if structure.pop("mask") is not None:
+    raise ValueError("The 'pallas' attention backend takes no dense mask; describe visibility "
+                     "with q/kv segment ids and causal=True, or use attention_backend='xla'.")
+  if jax.default_backend() == "cpu":
+    _warn_once("pallas_cpu", "attention_backend='pallas' on CPU runs the flash-attention "
+               "kernels in Pallas interpret mode: correct but slow (use it for tests).")
+  cast = lambda x: jnp.asarray(x, dtype)
+  return flash.flash_attention(cast(query), cast(key), cast(value), scale=scale, **structure)
+
+
+def _cudnn_attention(query, key, value, *, structure, dropout_rng, dropout_rate, deterministic,
+                     dtype, scale) -> jax.Array:
+  """``jax.nn.dot_product_attention``: cuDNN on GPU in half precision, else its XLA path."""
+  del dropout_rng
+  _no_dropout("cudnn", dropout_rate, deterministic)
+  add, mask = _dense_logits_and_mask(query, key, structure)
+  implementation = "cudnn"
+  if jax.default_backend() != "gpu" or jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
+    _warn_once("cudnn_fallback", "attention_backend='cudnn' needs a GPU and float16/bfloat16 "
+               f"compute (have {jax.default_backend()}, {jnp.dtype(dtype).name}); using "
+               "jax.nn.dot_product_attention's XLA implementation instead.")
+    implementation = None
+  cast = lambda x: jnp.asarray(x, dtype)
+  bias = None if add.shape == (1, 1, 1, 1) else jnp.broadcast_to(
+      add, (query.shape[0], query.shape[2], query.shape[1], key.shape[1])).astype(dtype)
+  out = jax.nn.dot_product_attention(cast(query), cast(key), cast(value), bias=bias, mask=mask,
+                                     scale=scale, implementation=implementation)
+  # Rows with no visible key: zeros, as the other backends give.
+  visible = jnp.any(mask, axis=-1)  # [batch or 1, 1, q_len]
+  return jnp.where(jnp.transpose(visible, (0, 2, 1))[..., None], out, 0.0).astype(dtype)
+
+
+BACKENDS: dict[str, AttentionFn] = {
+    "xla": _xla_attention,
+    "pallas": _pallas_attention,
+    "cudnn": _cudnn_attention,
+}
 
 
 def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
+                          q_segment_ids: Optional[jax.Array] = None,
+                          kv_segment_ids: Optional[jax.Array] = None,
+                          causal: bool = False,
+                          q_positions: Optional[jax.Array] = None,
+                          kv_positions: Optional[jax.Array] = None,
+                          alibi_slopes: Optional[jax.Array] = None,
                           bias: Optional[jax.Array] = None,
+                          key_bias: Optional[jax.Array] = None,
                           mask: Optional[jax.Array] = None,
                           dropout_rng: Optional[jax.Array] = None,
                           dropout_rate: float = 0.0,
@@ -75,30 +167,40 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
                           backend: str = "xla",
                           dtype: Optional[jnp.dtype] = None,
                           scale: Optional[float] = None) -> jax.Array:
-  """Multi-head softmax attention ``softmax(scale * q k^T + bias) v``.
+  """Multi-head softmax attention ``softmax(scale * q k^T + biases) v`` with masking.
 
   Args:
     query: ``[batch, q_len, heads, head_dim]``.
     key: ``[batch, kv_len, heads, head_dim]``.
     value: ``[batch, kv_len, heads, head_dim]``.
-    bias: Additive logits, broadcastable to ``[batch, heads, q_len, kv_len]``
-      (e.g. ALiBi).
-    mask: Boolean, same broadcast shape; ``True`` where attending is allowed.
-      Queries with no allowed key produce zeros.
+    q_segment_ids, kv_segment_ids: int ``[batch, len]``: attention stays
+      within equal non-zero ids; 0 is padding. Pass both or neither.
+    causal: Query ``i`` sees only keys ``j <= i``.
+    q_positions, kv_positions: int ``[batch, len]`` positions for ALiBi
+      distances (default ``arange``).
+    alibi_slopes: ``[heads]``; adds ``-slope * |pos_q - pos_k|``.
+    bias: Dense additive logits ``[1 or batch, 1 or heads, q_len, kv_len]``
+      (T5's relative position bias).
+    key_bias: ``[batch, kv_len]`` additive logits per key (MrT5's gate).
+    mask: Optional dense boolean mask broadcastable to ``[batch, heads,
+      q_len, kv_len]``, ``True`` where attending is allowed; ``xla`` and
+      ``cudnn`` only.
     dropout_rng: Key for dropout on the attention probabilities.
-    dropout_rate: Probability of dropping an attention weight.
+    dropout_rate: Probability of dropping an attention weight (``xla`` only).
     deterministic: Disables dropout when ``True``.
-    backend: Name of an implementation in ``BACKENDS``.
+    backend: ``xla``, ``pallas`` or ``cudnn`` (see the module docstring), or
+      any name added to ``BACKENDS``.
     dtype: Compute and output dtype; defaults to ``query.dtype``. Logits and
       softmax are always float32.
-    scale: Factor on the query; ``None`` means ``1/sqrt(head_dim)``. T5
+    scale: Factor on the logits; ``None`` means ``1/sqrt(head_dim)``. T5
       folds the scaling into its initialisation and passes 1.0.
 
   Returns:
     ``[batch, q_len, heads, head_dim]`` in ``dtype``.
 
   Raises:
-    ValueError: For an unknown backend or inconsistent shapes.
+    ValueError: For an unknown backend, inconsistent shapes, or a feature the
+      chosen backend lacks (dropout or a dense mask with ``pallas``).
   """
   if backend not in BACKENDS:
     raise ValueError(f"Unknown attention backend {backend!r}; known backends: {sorted(BACKENDS)}.")
@@ -107,8 +209,13 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
                      f"{key.shape}, {value.shape}.")
   if query.shape[0] != key.shape[0] or query.shape[2:] != key.shape[2:]:
     raise ValueError(f"query {query.shape} and key {key.shape} disagree on batch, heads or head_dim.")
+  flash.check_inputs(query, key, value, q_segment_ids, kv_segment_ids, alibi_slopes, bias,
+                     key_bias)
+  structure = dict(q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, causal=causal,
+                   q_positions=q_positions, kv_positions=kv_positions,
+                   alibi_slopes=alibi_slopes, bias=bias, key_bias=key_bias, mask=mask)
   return BACKENDS[backend](
-      query, key, value, bias=bias, mask=mask, dropout_rng=dropout_rng,
+      query, key, value, structure=structure, dropout_rng=dropout_rng,
       dropout_rate=dropout_rate, deterministic=deterministic,
       dtype=jnp.dtype(dtype) if dtype is not None else query.dtype,
       scale=query.shape[-1] ** -0.5 if scale is None else float(scale))

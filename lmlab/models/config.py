@@ -17,12 +17,15 @@ MLP_ACTIVATIONS = ("gelu", "relu", "silu", "gated_gelu", "gated_silu")
 NORM_TYPES = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("post", "pre")
 POSITION_SCHEMES = ("learned", "rope", "alibi")
-ATTENTION_BACKENDS = ("xla",)
+ATTENTION_BACKENDS = ("xla", "pallas", "cudnn")
 DTYPES = ("float32", "bfloat16", "float16")
 # Token-mixing sub-layer of an encoder block: self-attention + MLP (BERT) or
 # the attention-free bidirectional gated SSM block of BiGS.
 MIXERS = ("attention", "bigs")
 SSM_A_INITS = ("hippo", "lin", "inv")
+# Dense layers inside the blocks: float, BitNet b1.58 ternary or int8 W8A8
+# quantization-aware training (see ``lmlab.quantization``).
+DENSE_QUANTIZATIONS = ("none", "bitlinear", "int8")
 # Name -> ``jax.checkpoint`` policy; "none" disables rematerialisation.
 REMAT_POLICIES = {
     "none": None,
@@ -41,6 +44,7 @@ class _NetworkConfig:
         "dtype": DTYPES,
         "param_dtype": DTYPES,
         "remat_policy": tuple(REMAT_POLICIES),
+        "dense_quantization": DENSE_QUANTIZATIONS,
         **extra,
     }
     for name, allowed in choices.items():
@@ -90,8 +94,9 @@ class EncoderConfig(_NetworkConfig):
     tie_output_embedding: MLM decoder reuses the input embedding matrix.
     dtype: Compute/activation dtype.
     param_dtype: Storage dtype of parameters.
-    attention_backend: Name of the attention implementation
-      (see ``lmlab.models.attention``).
+    attention_backend: ``xla`` (reference), ``pallas`` (flash-attention
+      kernel, memory linear in length, no attention dropout) or ``cudnn``
+      (``jax.nn.dot_product_attention`` on GPU); see ``lmlab.models.attention``.
     initializer_range: Standard deviation of the truncated-normal init.
     pad_id: Token id of padding; positions holding it are never attended to
       when no segment ids are given.
@@ -121,6 +126,17 @@ class EncoderConfig(_NetworkConfig):
       per block at d_model 1024, N 64, L 4096), so prefer them at short lengths.
     ssm_mask_padding: BiGS: zero the SSM inputs at padding so neither
       direction reads padding (the reference lets it flow through).
+    dense_quantization: Dense layers inside the blocks (attention, MLP and
+      BiGS projections): ``none`` (float), ``bitlinear`` (BitNet b1.58:
+      ternary weights, int8 per-token activations) or ``int8`` (W8A8),
+      trained quantization-aware with straight-through gradients on float
+      weights (``lmlab.quantization``). Embeddings, the MLM head, pooler and
+      classifier stay float. Parameters are named and shaped as in the float
+      model.
+    quantization_serving: With ``dense_quantization``: the quantized layers
+      hold packed weights (``kernel_packed``/``kernel_int8`` + ``kernel_scale``,
+      from ``lmlab.quantization.export_packed``) and run the Pallas low-bit
+      kernels, for inference only.
   """
 
   vocab_size: Optional[int] = None
@@ -154,6 +170,8 @@ class EncoderConfig(_NetworkConfig):
   ssm_a_init: str = "hippo"
   ssm_shared_kernel: bool = True
   ssm_mask_padding: bool = False
+  dense_quantization: str = "none"
+  quantization_serving: bool = False
 
   def __post_init__(self):
     self._check_choices({"mlp_activation": MLP_ACTIVATIONS, "norm_type": NORM_TYPES,
@@ -217,7 +235,9 @@ class T5Config(_NetworkConfig):
       ``logits_dense``.
     dtype: Compute dtype.
     param_dtype: Storage dtype of parameters.
-    attention_backend: Name of the attention implementation.
+    attention_backend: ``xla``, ``pallas`` or ``cudnn`` (see
+      ``lmlab.models.attention``); ``pallas`` and ``cudnn`` need
+      ``dropout_rate=0`` in training since T5 drops attention weights too.
     pad_id: Padding id (also the decoder start token).
     eos_id: End-of-sequence id.
     remat_policy: Rematerialisation of each block (see ``REMAT_POLICIES``).
@@ -230,6 +250,17 @@ class T5Config(_NetworkConfig):
       start with (almost) every token kept.
     hard_delete_threshold: At inference, tokens whose gate is below this are
       removed from the sequence. ``None``: ``delete_gate_scale / 2``.
+    dense_quantization: Dense layers inside the blocks (attention and MLP
+      projections): ``none`` (float), ``bitlinear`` (BitNet b1.58: ternary
+      weights, int8 per-token activations) or ``int8`` (W8A8), trained
+      quantization-aware with straight-through gradients on float weights
+      (``lmlab.quantization``). Embeddings, the vocabulary projection and
+      MrT5's gate stay float. Parameters are named and shaped as in the
+      float model.
+    quantization_serving: With ``dense_quantization``: the quantized layers
+      hold packed weights (``kernel_packed``/``kernel_int8`` + ``kernel_scale``,
+      from ``lmlab.quantization.export_packed``) and run the Pallas low-bit
+      kernels, for inference only.
   """
 
   vocab_size: Optional[int] = None
@@ -256,6 +287,8 @@ class T5Config(_NetworkConfig):
   delete_gate_scale: float = -30.0
   delete_gate_bias_init: float = 4.0
   hard_delete_threshold: Optional[float] = None
+  dense_quantization: str = "none"
+  quantization_serving: bool = False
 
   def __post_init__(self):
     self._check_choices({"mlp_activation": T5_MLP_ACTIVATIONS})

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from lmlab.models import layers
-from lmlab.models.attention import dot_product_attention, make_attention_mask
+from lmlab.models.attention import dot_product_attention
 from lmlab.models.bigs import BiGSLayer
 from lmlab.models.config import REMAT_POLICIES, EncoderConfig
 
@@ -68,8 +68,8 @@ class SelfAttention(nn.Module):
   config: EncoderConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, mask: jax.Array, bias: Optional[jax.Array],
-               positions: jax.Array, deterministic: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, *, segment_ids: jax.Array, positions: jax.Array,
+               deterministic: bool) -> jax.Array:
     cfg = self.config
     shape = (cfg.num_heads, cfg.resolved_head_dim)
     qkv_axes = ("embed", "heads", "kv")
@@ -85,9 +85,13 @@ class SelfAttention(nn.Module):
     value = nn.with_logical_constraint(value, head_constraint)
     rate = cfg.attention_dropout_rate
     dropout_rng = None if deterministic or rate <= 0.0 else self.make_rng("dropout")
+    alibi = cfg.position_scheme == "alibi"
     out = dot_product_attention(
-        query, key, value, bias=bias, mask=mask, dropout_rng=dropout_rng, dropout_rate=rate,
-        deterministic=deterministic, backend=cfg.attention_backend, dtype=cfg.compute_dtype)
+        query, key, value, q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
+        q_positions=positions if alibi else None, kv_positions=positions if alibi else None,
+        alibi_slopes=layers.alibi_slopes(cfg.num_heads) if alibi else None,
+        dropout_rng=dropout_rng, dropout_rate=rate, deterministic=deterministic,
+        backend=cfg.attention_backend, dtype=cfg.compute_dtype)
     out = nn.with_logical_constraint(out, head_constraint)
     return layers.dense(cfg, cfg.d_model, ("heads", "kv", "embed"), axis=(-2, -1), name="out")(out)
 
@@ -105,9 +109,12 @@ class EncoderLayer(nn.Module):
   config: EncoderConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array, bias: Optional[jax.Array],
+  def __call__(self, x: jax.Array, segment_ids: jax.Array, bias: Optional[jax.Array],
                positions: jax.Array, deterministic: bool) -> jax.Array:
     # Positional arguments so that ``nn.remat`` can mark ``deterministic`` static.
+    # ``bias`` is unused (ALiBi is computed inside attention); it keeps the
+    # signature shared with the BiGS block.
+    del bias
     cfg = self.config
     attention = SelfAttention(cfg, name="attention")
     mlp = layers.Mlp(cfg, name="mlp")
@@ -115,7 +122,7 @@ class EncoderLayer(nn.Module):
     mlp_norm = layers.make_norm(cfg, name="mlp_norm")
 
     def attend(h: jax.Array) -> jax.Array:
-      h = attention(h, mask=mask, bias=bias, positions=positions, deterministic=deterministic)
+      h = attention(h, segment_ids=segment_ids, positions=positions, deterministic=deterministic)
       return _dropout(cfg.dropout_rate, h, deterministic)
 
     def feed_forward(h: jax.Array) -> jax.Array:
@@ -169,7 +176,7 @@ def _layer_class(mixer: str, scan_length: int, remat_policy: str) -> type[nn.Mod
         layer_cls,
         variable_axes={"params": 0},
         split_rngs={"params": True, "dropout": True},
-        in_axes=(nn.broadcast,) * 4,  # mask, bias, positions, deterministic
+        in_axes=(nn.broadcast,) * 4,  # segment ids / token mask, bias, positions, deterministic
         length=scan_length,
         metadata_params={nn.PARTITION_NAME: "layers"})
   return layer_cls
@@ -276,11 +283,9 @@ class Encoder(nn.Module):
       segment_ids = _default_segment_ids(input_ids, cfg.pad_id)
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-    if cfg.mixer == "bigs":
-      mask, bias = segment_ids > 0, None  # BiGS blocks take a per-token mask.
-    else:
-      mask = make_attention_mask(segment_ids, segment_ids)
-      bias = layers.alibi_bias(positions, cfg.num_heads) if cfg.position_scheme == "alibi" else None
+    # Attention blocks take segment ids (the attention backend builds the
+    # mask and any ALiBi bias); BiGS blocks take a per-token mask.
+    mask, bias = (segment_ids > 0 if cfg.mixer == "bigs" else segment_ids), None
     x = self.embeddings(input_ids, positions, token_type_ids, deterministic)
     if cfg.scan_layers:
       x, _ = self.layers(x, mask, bias, positions, deterministic)
@@ -309,7 +314,7 @@ class MaskedLMHead(nn.Module):
   def __call__(self, hidden: jax.Array,
                attend: Optional[Callable[[jax.Array], jax.Array]] = None) -> jax.Array:
     cfg = self.config
-    h = layers.dense(cfg, cfg.d_model, ("embed", "mlp"), name="transform")(hidden)
+    h = layers.dense(cfg, cfg.d_model, ("embed", "mlp"), quantize=False, name="transform")(hidden)
     h = layers.activation_fn("gelu")(h)
     h = layers.make_norm(cfg, name="norm")(h)
     if attend is not None:
@@ -319,7 +324,8 @@ class MaskedLMHead(nn.Module):
                           (cfg.vocab_size,), cfg.parameter_dtype)
         logits = logits + jnp.asarray(bias, jnp.float32)
     else:
-      logits = layers.dense(cfg, cfg.vocab_size, ("embed", "vocab"), name="decoder")(h)
+      logits = layers.dense(cfg, cfg.vocab_size, ("embed", "vocab"), quantize=False,
+                            name="decoder")(h)
     logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
     return jnp.asarray(logits, jnp.float32)
 
@@ -391,7 +397,9 @@ class EncoderForSequenceClassification(nn.Module):
       weights = (segment_ids > 0).astype(jnp.float32)[..., None]
       total = jnp.sum(jnp.asarray(hidden, jnp.float32) * weights, axis=1)
       pooled = total / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
-    pooled = jnp.tanh(layers.dense(cfg, cfg.d_model, ("embed", "mlp"), name="pooler")(pooled))
+    pooled = jnp.tanh(layers.dense(cfg, cfg.d_model, ("embed", "mlp"), quantize=False,
+                                   name="pooler")(pooled))
     pooled = _dropout(cfg.dropout_rate, pooled, deterministic)
-    logits = layers.dense(cfg, self.num_classes, ("mlp", None), name="classifier")(pooled)
+    logits = layers.dense(cfg, self.num_classes, ("mlp", None), quantize=False,
+                          name="classifier")(pooled)
     return jnp.asarray(logits, jnp.float32)

@@ -41,10 +41,12 @@ import jax
 import jax.numpy as jnp
 
 from lmlab.models import layers
-from lmlab.models.attention import dot_product_attention, make_attention_mask
+from lmlab.models.attention import dot_product_attention
 from lmlab.models.config import REMAT_POLICIES, T5Config
 
 Cache = dict[str, Any]
+# Structured attention inputs passed through to ``dot_product_attention``.
+Visibility = dict[str, Optional[jax.Array]]
 
 
 def relative_position_buckets(relative_position: jax.Array, *, bidirectional: bool,
@@ -74,10 +76,18 @@ def relative_position_buckets(relative_position: jax.Array, *, bidirectional: bo
 
 
 def _dense(cfg: T5Config, features, kernel_axes, stddev: float, *, axis=-1, use_bias=False,
-           name: Optional[str] = None) -> layers.DenseGeneral:
-  return layers.DenseGeneral(features=features, kernel_axes=kernel_axes, axis=axis,
-                             use_bias=use_bias, dtype=cfg.compute_dtype,
-                             param_dtype=cfg.parameter_dtype, init_stddev=stddev, name=name)
+           name: Optional[str] = None) -> nn.Module:
+  """``DenseGeneral``, or its quantized drop-in (``cfg.dense_quantization``) in the blocks.
+
+  The vocabulary projection (a kernel with a ``vocab`` axis) always stays float.
+  """
+  cls = layers.DenseGeneral
+  if "vocab" not in kernel_axes and (cfg.dense_quantization != "none" or cfg.quantization_serving):
+    from lmlab import quantization  # pylint: disable=import-outside-toplevel  (imports layers)
+    cls = quantization.dense_class(cfg.dense_quantization, cfg.quantization_serving)
+  return cls(features=features, kernel_axes=kernel_axes, axis=axis, use_bias=use_bias,
+             dtype=cfg.compute_dtype, param_dtype=cfg.parameter_dtype, init_stddev=stddev,
+             name=name)
 
 
 def _rms_norm(cfg: T5Config, name: Optional[str] = None) -> nn.RMSNorm:
@@ -147,13 +157,18 @@ class Attention(nn.Module):
             nn.with_logical_constraint(self.value(x), constraint))
 
   def __call__(self, x: jax.Array, key: jax.Array, value: jax.Array, *,
-               bias: Optional[jax.Array], mask: Optional[jax.Array],
-               deterministic: bool) -> jax.Array:
+               visibility: Visibility, causal: bool, deterministic: bool) -> jax.Array:
+    """Attention of ``x``'s queries over ``key``/``value``.
+
+    ``visibility`` holds ``dot_product_attention``'s structured inputs
+    (segment ids, dense relative-position ``bias``, MrT5's ``key_bias``);
+    ``causal`` stays a Python bool so it is static under remat.
+    """
     cfg = self.config
     query = nn.with_logical_constraint(self.query(x), ("batch", "length", "heads", "kv"))
     active = not deterministic and cfg.dropout_rate > 0.0
     out = dot_product_attention(
-        query, key, value, bias=bias, mask=mask,
+        query, key, value, causal=causal, **visibility,
         dropout_rng=self.make_rng("dropout") if active else None,
         dropout_rate=cfg.dropout_rate, deterministic=deterministic,
         backend=cfg.attention_backend, dtype=cfg.compute_dtype, scale=1.0)
@@ -190,13 +205,12 @@ class EncoderLayer(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, x: jax.Array, bias: jax.Array, mask: jax.Array,
-               deterministic: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, visibility: Visibility, deterministic: bool) -> jax.Array:
     cfg = self.config
     h = _rms_norm(cfg, "pre_attention_norm")(x)
     attention = Attention(cfg, name="attention")
     key, value = attention.project_key_value(h)
-    h = attention(h, key, value, bias=bias, mask=mask, deterministic=deterministic)
+    h = attention(h, key, value, visibility=visibility, causal=False, deterministic=deterministic)
     x = x + _dropout(self, cfg.dropout_rate, h, deterministic)
     h = Mlp(cfg, name="mlp")(_rms_norm(cfg, "pre_mlp_norm")(x), deterministic)
     x = x + _dropout(self, cfg.dropout_rate, h, deterministic)
@@ -222,9 +236,8 @@ class DecoderLayer(nn.Module):
     self.pre_mlp_norm = _rms_norm(cfg)
     self.mlp = Mlp(cfg)
 
-  def __call__(self, x: jax.Array, self_bias: jax.Array, self_mask: jax.Array,
-               encoded: Optional[jax.Array], cross_bias: Optional[jax.Array],
-               cross_mask: jax.Array, deterministic: bool,
+  def __call__(self, x: jax.Array, self_visibility: Visibility, encoded: Optional[jax.Array],
+               cross_visibility: Visibility, deterministic: bool,
                cache: Optional[Cache] = None,
                position: Optional[jax.Array] = None) -> tuple[jax.Array, Optional[Cache]]:
     # Positional arguments so that ``nn.remat`` can mark ``deterministic`` static.
@@ -237,7 +250,9 @@ class DecoderLayer(nn.Module):
       value = jax.lax.dynamic_update_slice_in_dim(
           cache["self_value"], value.astype(cache["self_value"].dtype), position, axis=1)
       cache = dict(cache, self_key=key, self_value=value)
-    h = self.self_attention(h, key, value, bias=self_bias, mask=self_mask,
+    # Training is causal by index; a decode step sees the cache through its
+    # key segment ids (filled positions only).
+    h = self.self_attention(h, key, value, visibility=self_visibility, causal=cache is None,
                             deterministic=deterministic)
     x = x + _dropout(self, rate, h, deterministic)
     h = self.pre_cross_attention_norm(x)
@@ -245,8 +260,8 @@ class DecoderLayer(nn.Module):
       cross_key, cross_value = cache["cross_key"], cache["cross_value"]
     else:
       cross_key, cross_value = self.cross_attention.project_key_value(encoded)
-    h = self.cross_attention(h, cross_key, cross_value, bias=cross_bias, mask=cross_mask,
-                             deterministic=deterministic)
+    h = self.cross_attention(h, cross_key, cross_value, visibility=cross_visibility,
+                             causal=False, deterministic=deterministic)
     x = x + _dropout(self, rate, h, deterministic)
     x = x + _dropout(self, rate, self.mlp(self.pre_mlp_norm(x), deterministic), deterministic)
     return nn.with_logical_constraint(x, ("batch", "length", "embed")), cache
@@ -290,7 +305,7 @@ class Encoder(nn.Module):
 
   def setup(self):
     cfg = self.config
-    layer_cls = _remat(EncoderLayer, cfg.remat_policy, (4,))
+    layer_cls = _remat(EncoderLayer, cfg.remat_policy, (3,))
     self.layers = [layer_cls(cfg) for _ in range(cfg.num_encoder_layers)]
     self.relpos_bias = RelativePositionBias(cfg, bidirectional=True)
     self.final_norm = _rms_norm(cfg)
@@ -298,12 +313,12 @@ class Encoder(nn.Module):
       self.delete_gate = DeleteGate(cfg)
 
   def _run(self, x, segment_ids, positions, gate, first: int, last: int, deterministic: bool):
-    mask = make_attention_mask(segment_ids, segment_ids)
-    bias = self.relpos_bias(positions, positions)
-    gated_bias = bias if gate is None else bias + gate[:, None, None, :]
+    visibility = dict(q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
+                      bias=self.relpos_bias(positions, positions))
+    gated = visibility if gate is None else dict(visibility, key_bias=gate)
     for index in range(first, last):
       use_gate = self.config.delete_gate_layer is not None and index >= self.config.delete_gate_layer
-      x = self.layers[index](x, gated_bias if use_gate else bias, mask, deterministic)
+      x = self.layers[index](x, gated if use_gate else visibility, deterministic)
     return x
 
   def lower(self, input_ids: jax.Array, segment_ids: jax.Array, positions: jax.Array,
@@ -344,7 +359,7 @@ class Decoder(nn.Module):
 
   def setup(self):
     cfg = self.config
-    layer_cls = _remat(DecoderLayer, cfg.remat_policy, (7,))
+    layer_cls = _remat(DecoderLayer, cfg.remat_policy, (5,))
     self.layers = [layer_cls(cfg) for _ in range(cfg.num_decoder_layers)]
     self.relpos_bias = RelativePositionBias(cfg, bidirectional=False)
     self.final_norm = _rms_norm(cfg)
@@ -365,14 +380,13 @@ class Decoder(nn.Module):
                deterministic: bool = True) -> jax.Array:
     length = input_ids.shape[1]
     index = jnp.arange(length, dtype=jnp.int32)[None]
-    causal = index[:, :, None] >= index[:, None, :]
-    self_mask = make_attention_mask(segment_ids, segment_ids) & causal[:, None]
-    self_bias = self.relpos_bias(index, index)
-    cross_mask = make_attention_mask(segment_ids, encoder_segment_ids)
-    cross_bias = None if gate is None else gate[:, None, None, :]
+    self_visibility = dict(q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
+                           bias=self.relpos_bias(index, index))
+    cross_visibility = dict(q_segment_ids=segment_ids, kv_segment_ids=encoder_segment_ids,
+                            key_bias=gate)
     x = _dropout(self, self.config.dropout_rate, self.embedder(input_ids), deterministic)
     for layer in self.layers:
-      x, _ = layer(x, self_bias, self_mask, encoded, cross_bias, cross_mask, deterministic)
+      x, _ = layer(x, self_visibility, encoded, cross_visibility, deterministic)
     return self._logits(x, deterministic)
 
   def init_cache(self, encoded: jax.Array, encoder_valid: jax.Array, gate: Optional[jax.Array],
@@ -396,16 +410,20 @@ class Decoder(nn.Module):
     max_length = cache["layers_0"]["self_key"].shape[1]
     keys = jnp.arange(max_length, dtype=jnp.int32)[None]
     query = jnp.reshape(jnp.asarray(position, jnp.int32), (1, 1))
-    self_mask = (keys <= query)[:, None, None, :]  # [1, 1, 1, max_length]
-    self_bias = self.relpos_bias(query, keys)
-    cross_mask = cache["encoder_valid"][:, None, None, :]
-    gate = cache.get("encoder_gate")
-    cross_bias = None if gate is None else gate[:, None, None, :]
+    rows = token_ids.shape[0]
+    one_query = jnp.ones((rows, 1), jnp.int32)
+    # Keys up to the current position are filled: segment 1; the rest 0.
+    filled = jnp.broadcast_to((keys <= query).astype(jnp.int32), (rows, max_length))
+    self_visibility = dict(q_segment_ids=one_query, kv_segment_ids=filled,
+                           bias=self.relpos_bias(query, keys))
+    cross_visibility = dict(q_segment_ids=one_query,
+                            kv_segment_ids=cache["encoder_valid"].astype(jnp.int32),
+                            key_bias=cache.get("encoder_gate"))
     x = self.embedder(token_ids)
     new_cache = dict(cache)
     for i, layer in enumerate(self.layers):
-      x, new_cache[f"layers_{i}"] = layer(x, self_bias, self_mask, None, cross_bias, cross_mask,
-                                          True, cache[f"layers_{i}"], position)
+      x, new_cache[f"layers_{i}"] = layer(x, self_visibility, None, cross_visibility, True,
+                                          cache[f"layers_{i}"], position)
     return self._logits(x, True)[:, 0], new_cache
 
 

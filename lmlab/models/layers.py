@@ -96,9 +96,19 @@ class DenseGeneral(nn.Module):
 
 
 def dense(config: EncoderConfig, features: Features, kernel_axes: AxisNames, *, axis: Axes = -1,
-          use_bias: Optional[bool] = None, name: Optional[str] = None) -> DenseGeneral:
-  """A ``DenseGeneral`` with dtypes, init and (by default) bias taken from the config."""
-  return DenseGeneral(
+          use_bias: Optional[bool] = None, quantize: bool = True,
+          name: Optional[str] = None) -> nn.Module:
+  """A dense layer with dtypes, init and (by default) bias taken from the config.
+
+  ``DenseGeneral``, or with ``config.dense_quantization`` its quantization-aware
+  drop-in (``lmlab.quantization``: same parameters). ``quantize=False`` keeps
+  a layer float whatever the config (heads, poolers, classifiers).
+  """
+  cls = DenseGeneral
+  if quantize and (config.dense_quantization != "none" or config.quantization_serving):
+    from lmlab import quantization  # pylint: disable=import-outside-toplevel  (imports this module)
+    cls = quantization.dense_class(config.dense_quantization, config.quantization_serving)
+  return cls(
       features=features, kernel_axes=kernel_axes, axis=axis,
       use_bias=config.use_bias if use_bias is None else use_bias,
       dtype=config.compute_dtype, param_dtype=config.parameter_dtype,
@@ -256,16 +266,3 @@ def alibi_slopes(num_heads: int) -> np.ndarray:
     closest = 2 ** math.floor(math.log2(num_heads))
     slopes = geometric(closest) + geometric(2 * closest)[0::2][: num_heads - closest]
   return np.asarray(slopes, np.float32)
-
-
-def alibi_bias(positions: jax.Array, num_heads: int) -> jax.Array:
-  """Symmetric ALiBi bias ``-slope_h * |pos_i - pos_j|`` of shape ``[batch, heads, L, L]``.
-
-  A bidirectional encoder has no causal direction, so the distance is
-  absolute. Built from per-token ``positions [batch, L]`` so packed documents
-  each see distances within themselves (cross-document pairs are masked).
-  """
-  pos = jnp.asarray(positions, jnp.float32)
-  distance = jnp.abs(pos[:, :, None] - pos[:, None, :])
-  slopes = jnp.asarray(alibi_slopes(num_heads))
-  return -slopes[None, :, None, None] * distance[:, None, :, :]

@@ -101,7 +101,7 @@ def test_backends_registry_dispatches():
   finally:
     del attention.BACKENDS["fake_for_test"]
   np.testing.assert_array_equal(np.asarray(out), q)
-  assert calls == [["bias", "deterministic", "dropout_rate", "dropout_rng", "dtype", "mask", "scale"]]
+  assert calls == [["deterministic", "dropout_rate", "dropout_rng", "dtype", "scale", "structure"]]
 
 
 def test_make_attention_mask_segments_and_padding():

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from lmlab.models import layers
+from pallas_kernels import flash_attention
 from lmlab.models.config import EncoderConfig
 
 CFG = EncoderConfig(vocab_size=64, d_model=16, num_layers=1, num_heads=2, d_ff=32,
@@ -30,8 +31,13 @@ def test_alibi_slopes_interleave_for_other_head_counts():
 
 
 def test_alibi_bias_is_symmetric_distance_penalty():
+  # The encoder's ALiBi term as the attention backends build it: per-document
+  # positions, so packed documents each see distances within themselves.
   positions = np.array([[0, 1, 2, 0, 1]])
-  bias = np.asarray(layers.alibi_bias(positions, 2))
+  bias, _ = flash_attention.attention_logits_and_mask(
+      5, 5, batch=1, heads=2, q_positions=positions, kv_positions=positions,
+      alibi_slopes=layers.alibi_slopes(2))
+  bias = np.asarray(bias)
   assert bias.shape == (1, 2, 5, 5)
   np.testing.assert_allclose(bias, np.swapaxes(bias, -1, -2))
   slope = layers.alibi_slopes(2)[1]
