@@ -127,3 +127,32 @@ def test_bigs_benchmark_rows(monkeypatch):
 
   monkeypatch.setattr(bigs_bench, "grad_runner", out_of_memory)
   assert bigs_bench.time_layer(bench, "attention", 8, 0, 1, 1) == (None, None)
+
+
+@pytest.fixture(scope="module")
+def kernels_bench():
+  return load_benchmark("bench_kernels")
+
+
+def test_kernel_benchmark_prints_every_table(kernels_bench, capsys):
+  kernels_bench.main(["--lengths", "32", "--memory_lengths", "256,512", "--head_dims", "64",
+                      "--batch", "1", "--heads", "1", "--squares", "32",
+                      "--ternary_shape", "64,32"])
+  out = capsys.readouterr().out
+  for title in ("attention time", "attention memory", "int8 (W8A8", "packed ternary"):
+    assert title in out
+  for backend in kernels_bench.BACKENDS:
+    assert f"    32   64 {backend:>8}" in out
+  assert "OOM" not in out
+
+
+def test_flash_memory_grows_linearly_and_xla_quadratically(kernels_bench):
+  sizes = kernels_bench.Sizes.for_platform("cpu")
+  sizes = kernels_bench.dataclasses.replace(sizes, batch=1, heads=2)
+  per_token = {}
+  for backend in ("xla", "pallas"):
+    small, large = (kernels_bench.temp_bytes(backend, sizes, length, 64, False) / length
+                    for length in (512, 2048))
+    per_token[backend] = large / small
+  assert per_token["pallas"] < 1.2  # flat bytes per token: linear in L
+  assert per_token["xla"] > 2.5     # the L x L scores: quadratic

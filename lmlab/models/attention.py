@@ -127,7 +127,12 @@ def _cudnn_attention(query, key, value, *, structure, dropout_rng, dropout_rate,
   """``jax.nn.dot_product_attention``: cuDNN on GPU in half precision, else its XLA path."""
   del dropout_rng
   _no_dropout("cudnn", dropout_rate, deterministic)
-  add, mask = _dense_logits_and_mask(query, key, structure)
+  # Causality goes to the library as ``is_causal`` (cuDNN's fused causal
+  # path needs no mask tensor); only segments and a dense mask become a mask.
+  structure = dict(structure)
+  causal = structure.pop("causal")
+  has_mask = structure["q_segment_ids"] is not None or structure["mask"] is not None
+  add, mask = _dense_logits_and_mask(query, key, {**structure, "causal": False})
   implementation = "cudnn"
   if jax.default_backend() != "gpu" or jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
     _warn_once("cudnn_fallback", "attention_backend='cudnn' needs a GPU and float16/bfloat16 "
@@ -137,9 +142,14 @@ def _cudnn_attention(query, key, value, *, structure, dropout_rng, dropout_rate,
   cast = lambda x: jnp.asarray(x, dtype)
   bias = None if add.shape == (1, 1, 1, 1) else jnp.broadcast_to(
       add, (query.shape[0], query.shape[2], query.shape[1], key.shape[1])).astype(dtype)
-  out = jax.nn.dot_product_attention(cast(query), cast(key), cast(value), bias=bias, mask=mask,
-                                     scale=scale, implementation=implementation)
+  out = jax.nn.dot_product_attention(cast(query), cast(key), cast(value), bias=bias,
+                                     mask=mask if has_mask else None, scale=scale,
+                                     is_causal=causal, implementation=implementation)
+  if not has_mask:
+    return out.astype(dtype)
   # Rows with no visible key: zeros, as the other backends give.
+  if causal:
+    mask = mask & (jnp.arange(key.shape[1])[None, :] <= jnp.arange(query.shape[1])[:, None])
   visible = jnp.any(mask, axis=-1)  # [batch or 1, 1, q_len]
   return jnp.where(jnp.transpose(visible, (0, 2, 1))[..., None], out, 0.0).astype(dtype)
 
