@@ -194,12 +194,7 @@ class _QuantizedDense(nn.Module):
           in_shape + features, self.param_dtype)
       y = self._train_matmul(x2d, kernel.reshape(size_in, size_out))
     y = jnp.asarray(y, self.dtype).reshape(lead + features)
-    if self.use_bias:
-      bias_axes = self.kernel_axes[len(in_shape):]
-      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, bias_axes),
-                        features, self.param_dtype)
-      y = y + jnp.asarray(bias, self.dtype)
-    return y
+    return layers.add_output_bias(self, y, features, self.kernel_axes[len(in_shape):])
 
 
 class BitLinear(_QuantizedDense):

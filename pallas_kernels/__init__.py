@@ -1,5 +1,8 @@
-"""Pallas kernels (flash attention, low-bit matmul) with pure-jnp references.
+"""Pallas kernels with pure-jnp references.
 
-The kernels are planned work; lmlab's attention currently runs on the "xla"
-backend in ``lmlab.models.attention``.
+``flash_attention``: tiled online-softmax attention, forward and backward
+(the ``pallas`` attention backend of ``lmlab.models.attention``).
+``lowbit_matmul``: W8A8 int8 and packed-ternary (BitNet b1.58) matmuls used
+by quantization serving (``lmlab.quantization``).
+On GPU they lower through Triton; on CPU they run in interpret mode.
 """

@@ -54,11 +54,13 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from pallas_kernels import _tiling
+
+
 # (block_q, block_k) per platform. GPU: 128 x 64 keeps a bfloat16 q tile, the
 # float32 accumulator and one k/v tile in registers/shared memory at head dim
 # 128 on an A100/H100-class SM. CPU (interpret mode) only affects test speed.
 DEFAULT_BLOCKS = {"gpu": (128, 64), "tpu": (128, 128), "cpu": (128, 128)}
-_MIN_BLOCK = 16
 _MAX_HEAD_DIM = 256
 # Finite stand-in for -inf in masked logits: exp(_NEG - m) underflows to 0
 # without inf - inf = NaN when a whole row is masked.
@@ -80,20 +82,6 @@ class _Static:
   bias_heads: int
   has_key_bias: bool
   interpret: bool
-
-
-def _resolve_interpret(interpret: Optional[bool]) -> bool:
-  if interpret is None:
-    return jax.default_backend() == "cpu"
-  return bool(interpret)
-
-
-def _round_up(x: int, multiple: int) -> int:
-  return -(-x // multiple) * multiple
-
-
-def _next_pow2(x: int) -> int:
-  return max(_MIN_BLOCK, 1 << (max(x, 1) - 1).bit_length())
 
 
 def _pad_axis(x: jax.Array, axis: int, size: int, value=0) -> jax.Array:
@@ -382,7 +370,7 @@ def _side_specs_and_args(st: _Static, side, *, q_block: Optional[int], k_block: 
     args += [qseg, kseg]
   if st.has_alibi:
     specs += [pl.BlockSpec((None, bq), qi), pl.BlockSpec((None, bk), ki),
-              pl.BlockSpec((None, _MIN_BLOCK), lambda b, h, t: (h, 0))]
+              pl.BlockSpec((None, _tiling.MIN_BLOCK), lambda b, h, t: (h, 0))]
     args += [qpos, kpos, slopes]
   if st.bias_batch:
     bb, hb = st.bias_batch > 1, st.bias_heads > 1
@@ -559,11 +547,11 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
   default_q, default_k = DEFAULT_BLOCKS.get(platform, DEFAULT_BLOCKS["gpu"])
   block_q, block_k = block_q or default_q, block_k or default_k
   for name, blk in (("block_q", block_q), ("block_k", block_k)):
-    if blk < _MIN_BLOCK or blk & (blk - 1):
-      raise ValueError(f"{name}={blk} must be a power of two >= {_MIN_BLOCK}.")
-  block_q, block_k = min(block_q, _next_pow2(lq)), min(block_k, _next_pow2(lk))
-  lq_p, lk_p = _round_up(lq, block_q), _round_up(lk, block_k)
-  d_p = d if d in (64, 128) else _next_pow2(d)
+    if blk < _tiling.MIN_BLOCK or blk & (blk - 1):
+      raise ValueError(f"{name}={blk} must be a power of two >= {_tiling.MIN_BLOCK}.")
+  block_q, block_k = min(block_q, _tiling.covering_pow2(lq)), min(block_k, _tiling.covering_pow2(lk))
+  lq_p, lk_p = _tiling.round_up(lq, block_q), _tiling.round_up(lk, block_k)
+  d_p = d if d in (64, 128) else _tiling.covering_pow2(d)
 
   scale = d ** -0.5 if scale is None else float(scale)
   st = _Static(scale=scale, causal=bool(causal), block_q=block_q, block_k=block_k, q_len=lq,
@@ -571,7 +559,7 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                has_alibi=alibi_slopes is not None,
                bias_batch=0 if bias is None else bias.shape[0],
                bias_heads=0 if bias is None else bias.shape[1],
-               has_key_bias=key_bias is not None, interpret=_resolve_interpret(interpret))
+               has_key_bias=key_bias is not None, interpret=_tiling.resolve_interpret(interpret))
 
   pad_len = lambda x, n: _pad_axis(_pad_axis(x, 1, n), 3, d_p)
   qp, kp, vp = pad_len(q, lq_p), pad_len(k, lk_p), pad_len(v, lk_p)
@@ -585,7 +573,7 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     kpos = jnp.broadcast_to(jnp.arange(lk, dtype=jnp.int32), (b, lk)) if kv_positions is None \
         else kv_positions.astype(jnp.int32)
     side[2], side[3] = _pad_axis(qpos, 1, lq_p), _pad_axis(kpos, 1, lk_p)
-    side[4] = jnp.broadcast_to(jnp.asarray(alibi_slopes, jnp.float32)[:, None], (h, _MIN_BLOCK))
+    side[4] = jnp.broadcast_to(jnp.asarray(alibi_slopes, jnp.float32)[:, None], (h, _tiling.MIN_BLOCK))
   bias_p = None
   if bias is not None:
     bias_p = _pad_axis(_pad_axis(bias, 2, lq_p), 3, lk_p)

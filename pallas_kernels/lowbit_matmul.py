@@ -73,24 +73,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
 
-# The smallest dot tile dimension used when shrinking blocks to small inputs.
-_MIN_BLOCK = 16
+from pallas_kernels import _tiling
 
 
 # ---------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------
-
-
-def _resolve_interpret(interpret: Optional[bool]) -> bool:
-  """Interpret mode when asked, or by default when running on CPU."""
-  if interpret is None:
-    return jax.default_backend() == "cpu"
-  return bool(interpret)
-
-
-def _round_up(x: int, multiple: int) -> int:
-  return -(-x // multiple) * multiple
 
 
 def _fit_block(block: int, dim: int) -> int:
@@ -101,8 +89,7 @@ def _fit_block(block: int, dim: int) -> int:
   """
   if block <= 0:
     raise ValueError(f"Block sizes must be positive, got {block}.")
-  cover = max(_MIN_BLOCK, 1 << (max(dim, 1) - 1).bit_length())
-  return min(block, cover)
+  return min(block, _tiling.covering_pow2(dim))
 
 
 def _pad_to(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -351,7 +338,7 @@ def int8_matmul(
     )
   bm, bn, bk = _fit_block(block_m, m), _fit_block(block_n, n), _fit_block(
       block_k, k)
-  mp, np_, kp = _round_up(m, bm), _round_up(n, bn), _round_up(k, bk)
+  mp, np_, kp = _tiling.round_up(m, bm), _tiling.round_up(n, bn), _tiling.round_up(k, bk)
   x_p = _pad_to(x_q, (mp, kp))
   w_p = _pad_to(w_q, (kp, np_))
   xs_p = _pad_to(x_scale.astype(jnp.float32), (mp,))
@@ -369,7 +356,7 @@ def int8_matmul(
           pl.BlockSpec((bn,), lambda i, j: (j,)),
       ],
       out_specs=pl.BlockSpec((bm, bn), lambda i, j: (i, j)),
-      interpret=_resolve_interpret(interpret),
+      interpret=_tiling.resolve_interpret(interpret),
       name="int8_matmul",
   )(x_p, w_p, xs_p, ws_p)
   return out[:m, :n]
@@ -541,13 +528,13 @@ def ternary_matmul(
   bm, bn = _fit_block(block_m, m), _fit_block(block_n, n)
   if group_size is None:
     bk = _fit_block(block_k, k)
-    bk = _round_up(bk, 4)
-    kp = _round_up(k, bk)
+    bk = _tiling.round_up(bk, 4)
+    kp = _tiling.round_up(k, bk)
     gsize = kp  # the single group spans the padded K
   else:
     bk = block_k if gsize % block_k == 0 else gsize
     kp = num_groups * gsize
-  mp, np_ = _round_up(m, bm), _round_up(n, bn)
+  mp, np_ = _tiling.round_up(m, bm), _tiling.round_up(n, bn)
 
   x_p = _pad_to(x, (mp, kp))
   p_p = _pad_to(w_packed, (kp // 4, np_))
@@ -579,7 +566,7 @@ def ternary_matmul(
           pl.BlockSpec((bm,), lambda i, j: (i,)),
       ],
       out_specs=pl.BlockSpec((bm, bn), lambda i, j: (i, j)),
-      interpret=_resolve_interpret(interpret),
+      interpret=_tiling.resolve_interpret(interpret),
       name="ternary_matmul",
   )(x_p, p_p, s_p, xs_p)
   return out[:m, :n]

@@ -87,12 +87,21 @@ class DenseGeneral(nn.Module):
     else:
       contract = (axes, tuple(range(len(axes))))
       y = jax.lax.dot_general(x, kernel, (contract, ((), ())))
-    if self.use_bias:
-      bias_axes = self.kernel_axes[len(in_shape):]
-      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, bias_axes),
-                        features, self.param_dtype)
-      y = y + jnp.asarray(bias, self.dtype)
+    return add_output_bias(self, y, features, self.kernel_axes[len(in_shape):])
+
+
+def add_output_bias(module: nn.Module, y: jax.Array, features: tuple[int, ...],
+                    bias_axes: tuple[str, ...]) -> jax.Array:
+  """Adds a zero-initialised ``bias`` over the output axes when ``module.use_bias``.
+
+  Shared by ``DenseGeneral`` and the quantized dense layers so their bias
+  parameter is named, shaped and partitioned identically.
+  """
+  if not module.use_bias:
     return y
+  bias = module.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, bias_axes),
+                      features, module.param_dtype)
+  return y + jnp.asarray(bias, module.dtype)
 
 
 def dense(config: EncoderConfig, features: Features, kernel_axes: AxisNames, *, axis: Axes = -1,

@@ -235,7 +235,8 @@ def _paths(tree) -> set[str]:
           for path, _ in jax.tree_util.tree_flatten_with_path(nn.meta.unbox(tree))[0]}
 
 
-@pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scan_layers"])
+@pytest.mark.parametrize("scan", [pytest.param(False, marks=pytest.mark.slow), True],
+                         ids=["unrolled", "scan_layers"])
 def test_encoder_quantizes_block_layers_only_and_serves_packed(scan):
   model = MaskedLMModel(EncoderConfig(**TINY, dense_quantization="bitlinear", scan_layers=scan))
   float_model = MaskedLMModel(EncoderConfig(**TINY, scan_layers=scan))

@@ -46,7 +46,8 @@ def run(cli_run):
 
 @pytest.mark.parametrize("gin_file,lengths,steps", [
     ("runs/t5_quickstart.gin", T5_LENGTHS, 30),
-    ("runs/byt5_quickstart.gin", BYT5_LENGTHS, 30),
+    # ByT5 differs from T5 only in vocabulary and shapes (covered by model tests): slow.
+    pytest.param("runs/byt5_quickstart.gin", BYT5_LENGTHS, 30, marks=pytest.mark.slow),
 ], ids=["t5", "byt5"])
 def test_quickstart_validation_loss_falls_and_infer_writes_predictions(
     gin_file, lengths, steps, tmp_path, run):
