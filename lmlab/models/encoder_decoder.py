@@ -377,7 +377,8 @@ class Decoder(nn.Module):
 
   def __call__(self, input_ids: jax.Array, segment_ids: jax.Array, encoded: jax.Array,
                encoder_segment_ids: jax.Array, gate: Optional[jax.Array],
-               deterministic: bool = True) -> jax.Array:
+               deterministic: bool = True, return_hidden: bool = False) -> jax.Array:
+    """Logits ``[batch, len, vocab]``, or the normalised final hidden states with ``return_hidden``."""
     length = input_ids.shape[1]
     index = jnp.arange(length, dtype=jnp.int32)[None]
     self_visibility = dict(q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
@@ -387,7 +388,9 @@ class Decoder(nn.Module):
     x = _dropout(self, self.config.dropout_rate, self.embedder(input_ids), deterministic)
     for layer in self.layers:
       x, _ = layer(x, self_visibility, encoded, cross_visibility, deterministic)
-    return self._logits(x, deterministic)
+    if not return_hidden:
+      return self._logits(x, deterministic)
+    return _dropout(self, self.config.dropout_rate, self.final_norm(x), deterministic)
 
   def init_cache(self, encoded: jax.Array, encoder_valid: jax.Array, gate: Optional[jax.Array],
                  max_decode_length: int) -> Cache:
@@ -510,3 +513,53 @@ class EncoderDecoder(nn.Module):
 
   def decode_step(self, token_ids: jax.Array, cache: Cache, position: jax.Array):
     return self.decoder.decode_step(token_ids, cache, position)
+
+
+class EncT5Classifier(nn.Module):
+  """T5 as a non-autoregressive classifier (EncT5): encoder, one decoder step, linear head.
+
+  The decoder reads a single start token (the pad id, as in generation) and
+  attends over the whole encoder output, so its one output vector is a
+  learned attention pooling of the input; a dense layer maps it to
+  ``num_classes`` logits. No tokens are generated. Parameter names match
+  ``EncoderDecoder`` (``token_embedder``, ``encoder``, ``decoder``) so a
+  pretrained T5/ByT5/MrT5 checkpoint loads into it; the vocabulary projection
+  is never built, and ``T5Config.num_decoder_layers`` may be lowered (EncT5
+  keeps one decoder layer) to drop the upper pretrained decoder layers.
+
+  Attributes:
+    config: The pretrained model's hyper-parameters.
+    num_classes: Output width (1 for regression and candidate scoring).
+  """
+
+  config: T5Config
+  num_classes: int
+
+  def setup(self):
+    cfg = self.config
+    if cfg.vocab_size is None:
+      raise ValueError("T5Config.vocab_size is None: set it from the task's vocabulary.")
+    self.token_embedder = layers.Embed(
+        num_embeddings=cfg.vocab_size, features=cfg.d_model, axes=("vocab", "embed"),
+        dtype=cfg.compute_dtype, param_dtype=cfg.parameter_dtype, init_stddev=1.0)
+    self.encoder = Encoder(cfg, self.token_embedder)
+    self.decoder = Decoder(cfg, self.token_embedder)
+    # The head stays float whatever ``dense_quantization`` says (as the MLM heads do).
+    self.classifier = layers.DenseGeneral(
+        features=self.num_classes, kernel_axes=("embed", None), use_bias=True,
+        dtype=cfg.compute_dtype, param_dtype=cfg.parameter_dtype, init_stddev=cfg.d_model**-0.5)
+
+  def __call__(self, input_ids: jax.Array, *, segment_ids: Optional[jax.Array] = None,
+               deterministic: bool = True) -> tuple[jax.Array, Optional[jax.Array]]:
+    """Float32 logits ``[batch, num_classes]`` and the MrT5 gate (None without one)."""
+    if segment_ids is None:
+      segment_ids = (input_ids != self.config.pad_id).astype(jnp.int32)
+    positions = jnp.arange(input_ids.shape[1], dtype=jnp.int32)[None]
+    encoded, gate = self.encoder(input_ids, segment_ids, positions, deterministic, None)
+    rows = input_ids.shape[0]
+    start = jnp.full((rows, 1), self.config.pad_id, jnp.int32)
+    # One example per row (not packed): the start token sees every real input token.
+    real = (segment_ids > 0).astype(jnp.int32)
+    hidden = self.decoder(start, jnp.ones((rows, 1), jnp.int32), encoded, real, gate,
+                          deterministic, return_hidden=True)
+    return jnp.asarray(self.classifier(hidden[:, 0]), jnp.float32), gate

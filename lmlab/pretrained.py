@@ -1,0 +1,119 @@
+"""Starting a fine-tune from a pretraining run: read its parameters, graft them onto a new model.
+
+A pretraining MODEL_DIR holds orbax checkpoints ``checkpoints/<step>/state``
+of the whole train state. Fine-tuning needs only the parameters, and only
+those the new model shares with the pretrained one: the encoder (and, for
+T5, the embedding and decoder) are copied, task heads are created fresh, and
+pretraining-only parts (MLM head, vocabulary projection, decoder layers an
+EncT5 head drops) are left behind. Anything that does not fit is an error
+naming the parameter, before any training starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
+
+logger = logging.getLogger(__name__)
+
+
+def latest_checkpoint_step(model_dir: str) -> Optional[int]:
+  """The newest finished checkpoint step under ``model_dir/checkpoints`` (None if there is none)."""
+  directory = os.path.join(model_dir, "checkpoints")
+  if not os.path.isdir(directory):
+    return None
+  steps = [int(name) for name in os.listdir(directory)
+           if name.isdigit() and os.path.isdir(os.path.join(directory, name, "state"))]
+  return max(steps) if steps else None
+
+
+def load_pretrained_params(model_dir: str, step: Optional[int] = None) -> tuple[int, dict]:
+  """``(step, params)`` of a pretraining run, as host numpy arrays.
+
+  Raises:
+    FileNotFoundError: ``model_dir`` has no checkpoint (or not ``step``).
+    ValueError: The checkpoint cannot be read (corrupt or not an lmlab state).
+  """
+  if not os.path.isdir(model_dir):
+    raise FileNotFoundError(f"Pretrained model directory {model_dir} does not exist: point "
+                            "FinetuneConfig.init_checkpoint_dir at a pretraining MODEL_DIR.")
+  step = latest_checkpoint_step(model_dir) if step is None else step
+  path = os.path.join(model_dir, "checkpoints", str(step), "state")
+  if step is None or not os.path.isdir(path):
+    raise FileNotFoundError(f"No checkpoint{'' if step is None else f' at step {step}'} in "
+                            f"{model_dir}/checkpoints: pretrain first (--run_mode=train) or "
+                            "point FinetuneConfig.init_checkpoint_dir at a run that has one.")
+  try:
+    state = ocp.StandardCheckpointer().restore(path)
+  except Exception as error:  # noqa: BLE001 - orbax raises many types for unreadable data
+    raise ValueError(f"Checkpoint {path} cannot be read ({type(error).__name__}: {error}); it may "
+                     "be corrupt or incomplete. Pick another step with "
+                     "FinetuneConfig.init_checkpoint_step.") from error
+  if not isinstance(state, Mapping) or "params" not in state:
+    raise ValueError(f"Checkpoint {path} holds no 'params': it is not an lmlab train state.")
+  return int(step), _to_numpy(state["params"])
+
+
+def _to_numpy(tree: Any) -> Any:
+  if isinstance(tree, Mapping):
+    return {k: _to_numpy(v) for k, v in tree.items()}
+  return np.asarray(tree)
+
+
+def graft_pretrained(fresh: Mapping, pretrained: Mapping, *, required_prefixes: tuple[str, ...],
+                     source: str = "the checkpoint") -> tuple[dict, list[str], list[str]]:
+  """``fresh`` with every leaf that ``pretrained`` also has replaced by the pretrained value.
+
+  Args:
+    fresh: The new model's initialised parameters (nested dicts of arrays).
+    pretrained: The pretraining run's parameters.
+    required_prefixes: Top-level names that must come from ``pretrained``
+      (e.g. ``("encoder",)``); if none of their leaves is found there, the
+      checkpoint belongs to another model family.
+    source: How to name the checkpoint in errors.
+
+  Returns:
+    ``(params, new_leaves, unused_leaves)``: the grafted tree, the paths
+    initialised fresh (task heads), and the pretrained paths left behind.
+
+  Raises:
+    ValueError: A shared parameter has another shape, or the checkpoint lacks
+      parameters under ``required_prefixes`` (most of them: another family;
+      some: another config).
+  """
+  flat_fresh = traverse_util.flatten_dict(dict(fresh), sep="/")
+  flat_old = traverse_util.flatten_dict(dict(pretrained), sep="/")
+  required = [p for p in flat_fresh if p.split("/")[0] in required_prefixes]
+  missing = [p for p in required if p not in flat_old]
+  # Mostly missing: not a different size of the same network but another network.
+  if required and 2 * len(missing) > len(required):
+    raise ValueError(
+        f"{source} shares no parameters with this model's {', '.join(required_prefixes)}: it was "
+        f"written by another model family (its top-level parameters: "
+        f"{sorted({p.split('/')[0] for p in flat_old})}). Fine-tune it with the matching model "
+        "config (EncoderConfig for BERT-style/BiGS runs, T5Config for T5/ByT5/MrT5 runs).")
+  if missing:
+    raise ValueError(f"{source} lacks {len(missing)} parameters this model needs, e.g. "
+                     f"{missing[:3]}: the model config differs from the pretraining config "
+                     "(depth, mixer, position scheme, quantization?). Use the same model gin file.")
+  grafted = {}
+  for path, value in flat_fresh.items():
+    if path not in flat_old:
+      grafted[path] = value
+      continue
+    old = np.asarray(flat_old[path])
+    if tuple(old.shape) != tuple(value.shape):
+      raise ValueError(f"Parameter {path} has shape {tuple(old.shape)} in {source} but "
+                       f"{tuple(value.shape)} in this model: the model config differs from the "
+                       "pretraining config. Use the same model gin file (and vocabulary).")
+    grafted[path] = old.astype(value.dtype)
+  new = sorted(p for p in flat_fresh if p not in flat_old)
+  unused = sorted(p for p in flat_old if p not in flat_fresh)
+  logger.info("Fine-tune init from %s: %d pretrained tensors, %d new (%s), %d left behind.",
+              source, len(flat_fresh) - len(new), len(new), ", ".join(new[:6]), len(unused))
+  return traverse_util.unflatten_dict(grafted, sep="/"), new, unused
