@@ -9,7 +9,7 @@ is what lets gin reject a misspelt name at parse time.
 import gin
 
 from lmlab import (  # noqa: F401  (registers)
-    encoder_decoder_model, model_wrappers, optimizers, partitioning, run_config, runs,
+    encoder_decoder_model, finetune, model_wrappers, optimizers, partitioning, run_config, runs,
     seq2seq_inference)
 from lmlab.data import preprocessors, tasks  # noqa: F401  (registers preprocessors and tasks)
 from lmlab.models import config as model_config

@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Gin binding such as 'TrainConfig.batch_size = 64' (repeatable).")
   parser.add_argument("--gin_search_paths", action="append", default=[],
                       help="Extra folders (comma-separated, repeatable) searched for gin files.")
-  parser.add_argument("--run_mode", default="train", choices=("train", "eval", "infer"))
+  parser.add_argument("--run_mode", default="train", choices=("train", "eval", "infer", "finetune"),
+                      help="finetune: GLUE/SuperGLUE fine-tuning configured by FinetuneConfig "
+                           "(see runs/finetune_glue.gin).")
   parser.add_argument("--tfds_data_dir", default=None,
                       help="Directory of prepared TFDS datasets (for tasks such as lmlab.c4_mlm).")
   multi = parser.add_argument_group(
@@ -104,6 +106,8 @@ def main(argv: Optional[Sequence[str]] = None) -> object:
     bindings = [*args.gin_bindings, *macro_bindings, f"run.run_mode = {args.run_mode!r}"]
     if args.tfds_data_dir:
       bindings.append(f"DataConfig.tfds_data_dir = {args.tfds_data_dir!r}")
+      if args.run_mode == "finetune":
+        bindings.append(f"FinetuneConfig.tfds_data_dir = {args.tfds_data_dir!r}")
     from lmlab import multihost  # pylint: disable=g-import-not-at-top
     multihost.initialize(args.coordinator_address, args.num_processes, args.process_id)
     parse_gin(args.gin_file, bindings, search)
@@ -134,6 +138,8 @@ def print_summary(result: object) -> None:
     elif result.final_eval:
       lines.append(f"eval loss {result.final_eval['loss']:.4f}")
     lines.append(f"checkpoint step {result.checkpoint_step}")
+  elif isinstance(result, dict) and "table" in result:
+    lines = [result["table"]]
   elif isinstance(result, list):
     lines = [f"{r['input']}\n  -> {r.get('filled', r.get('prediction'))}" for r in result]
   else:

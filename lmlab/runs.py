@@ -23,7 +23,7 @@ from lmlab.seq2seq_inference import run_seq2seq_infer
 from lmlab.trainer import Trainer, TrainSummary, ensure_writable, evaluate
 
 logger = logging.getLogger(__name__)
-RUN_MODES = ("train", "eval", "infer")
+RUN_MODES = ("train", "eval", "infer", "finetune")
 
 
 def _data_api():
@@ -193,9 +193,12 @@ def run_infer(model: MaskedLMModel, data: DataConfig, config: TrainConfig, top_k
 
 @gin.configurable
 def run(run_mode: str = "train", model: Optional[ModelWrapper] = None):
-  """Runs one mode with the gin-bound DataConfig, TrainConfig and OptimizerConfig."""
+  """Runs one mode with the gin-bound DataConfig, TrainConfig and OptimizerConfig (finetune: FinetuneConfig)."""
   if run_mode not in RUN_MODES:
     raise ValueError(f"Unknown run_mode {run_mode!r}; choose one of {RUN_MODES}.")
+  if run_mode == "finetune":  # configured by FinetuneConfig alone
+    from lmlab import finetune  # pylint: disable=g-import-not-at-top
+    return finetune.run_finetune()
   data, config = DataConfig(), TrainConfig()
   model = prepare(model, data, config.model_dir)
   _write_config(config.model_dir, "config.gin", gin.config_str())

@@ -29,6 +29,7 @@ def bench():
   return load_benchmark("bench_encoder_vs_hf")
 
 
+@pytest.mark.slow  # benchmark smoke; the HF half runs by default
 def test_lmlab_half_trains_and_times(bench):
   cfg = bench.BenchConfig("micro", 256, 32, 1, 2, 64, 2, 16)
   step, num_params, holder = bench.lmlab_runner(cfg, 0.2)
@@ -69,6 +70,7 @@ def t5_bench():
   return load_benchmark("bench_t5")
 
 
+@pytest.mark.slow  # benchmark smoke; long on 2 cores
 def test_t5_benchmark_training_runners(t5_bench):
   cfg = t5_bench.TrainBench(vocab_size=256, num_layers=1, d_model=32, num_heads=2, head_dim=16,
                             d_ff=64, batch_size=2, inputs_length=16, targets_length=8)

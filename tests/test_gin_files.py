@@ -105,3 +105,23 @@ def test_optimizer_and_partitioning_files_parse(path, tmp_path):
   cli.parse_gin(["runs/quickstart.gin", str(path)], [f"MODEL_DIR = '{tmp_path}'"], [])
   optimizer = OptimizerConfig()
   assert optimizer.learning_rate > 0
+
+
+FINETUNE_FILES = sorted((GIN_DIR / "finetune").glob("*.gin"))
+
+
+@pytest.mark.parametrize("path", FINETUNE_FILES, ids=lambda p: p.name)
+def test_finetune_file_names_real_tasks_and_fields(path, tmp_path):
+  from lmlab.finetune import FinetuneConfig  # pylint: disable=import-outside-toplevel
+  from lmlab.data import glue_spec  # pylint: disable=import-outside-toplevel
+  t5 = "T5Config" in path.read_text()
+  cli.parse_gin(["models/t5_tiny.gin" if t5 else "models/tiny.gin", str(path)],
+                [f"MODEL_DIR = '{tmp_path}'", f"PRETRAINED_DIR = '{tmp_path}/pretrained'"], [])
+  config = FinetuneConfig()
+  names = config.task_names()
+  assert names and all(n in glue_spec.TASKS for n in names)
+  for name in config.per_task:
+    assert name in names
+    assert config.for_task(name).learning_rate > 0  # overrides name real fields
+  assert config.init_checkpoint_dir == f"{tmp_path}/pretrained"
+  assert type(config.network).__name__ == ("T5Config" if t5 else "EncoderConfig")

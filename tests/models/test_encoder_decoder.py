@@ -167,6 +167,7 @@ def test_packed_rows_equal_separate_rows():
   np.testing.assert_allclose(packed[0, 4:], alone_b[0], atol=1e-5)
 
 
+@pytest.mark.slow  # remat equivalence is covered by test_scan_remat
 def test_remat_and_dropout_options():
   enc, dec = _batch(np.random.RandomState(4))
   params = nn.meta.unbox(_init(TINY))

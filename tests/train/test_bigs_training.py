@@ -50,6 +50,7 @@ def _is_ssm(name: str) -> bool:
   return any(f"'{leaf}'" in name for leaf in ("A_re", "A_im", "log_step"))
 
 
+@pytest.mark.slow  # optimizer masks are unit-tested; the CLI run is long
 def test_ssm_parameters_take_a_scaled_step_or_stay_frozen():
   plain = _one_step(clip_grad_norm=None)
   scaled = _one_step(clip_grad_norm=None, ssm_learning_rate_scale=0.1)
@@ -122,6 +123,7 @@ def test_bigs_quickstart_validation_loss_falls(tmp_path, cli_run):
   assert "OptimizerConfig.ssm_learning_rate_scale = 0.1" in config
 
 
+@pytest.mark.slow  # sharding, scan and remat have default tests of their own
 def test_bigs_trains_sharded_with_per_channel_kernels_scan_and_remat(tmp_path, cli_run):
   _assert_ok(cli_run("--gin_file=runs/bigs_quickstart.gin", f"--gin.MODEL_DIR='{tmp_path}'",
                      "--gin_file=partitioning/fsdp_tensor.gin", *TINY_BIGS,

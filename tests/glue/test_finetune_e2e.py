@@ -1,0 +1,165 @@
+"""End-to-end fine-tuning on mocked GLUE/SuperGLUE data for each family.
+
+TFDS's ``mock_data`` generates random examples from the real feature specs, so
+every code path (tasks, heads, training, validation with the official metrics,
+best-checkpoint selection, leaderboard files, the multi-seed summary) runs as on
+real data; the scores themselves are meaningless. The pretraining checkpoint is
+a freshly initialised model saved the way the trainer saves one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import flax.linen as nn
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow_datasets as tfds
+
+from lmlab import finetune, leaderboard
+from lmlab.data import glue_spec, glue_tasks
+from lmlab.encoder_decoder_model import EncoderDecoderModel
+from lmlab.model_wrappers import MaskedLMModel
+from lmlab.models import EncoderConfig
+from lmlab.models.config import T5Config
+
+MOCK_EXAMPLES = 6
+NETWORKS = {
+    "bert": EncoderConfig(d_model=32, num_layers=2, num_heads=2, d_ff=64, max_positions=64),
+    "bigs": EncoderConfig(d_model=32, num_layers=2, d_ff=64, max_positions=64, mixer="bigs",
+                          ssm_state_size=8),
+    "t5": T5Config(d_model=32, num_heads=2, head_dim=16, d_ff=64, num_encoder_layers=2,
+                   num_decoder_layers=2),
+}
+
+
+def _pretrained_dir(tmp_path, family: str) -> str:
+  directory = tmp_path / f"pretrained_{family}"
+  if directory.exists():
+    return str(directory)
+  net = NETWORKS[family]
+  wrapper = (EncoderDecoderModel(net.with_vocab_size(8292)) if family == "t5"
+             else MaskedLMModel(net.with_vocab_size(8192)))
+  params = jax.device_get(nn.meta.unbox(wrapper.init(jax.random.PRNGKey(0), 1, 16)))
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(directory / "checkpoints" / "5" / "state", {"params": params})
+  checkpointer.wait_until_finished()
+  return str(directory)
+
+
+def _config(tmp_path, family, tasks, **overrides) -> finetune.FinetuneConfig:
+  base = dict(model_dir=str(tmp_path / "finetune"), tasks=tasks, network=NETWORKS[family],
+              init_checkpoint_dir=_pretrained_dir(tmp_path, family), sequence_length=48,
+              target_length=6, batch_size=8, eval_batch_size=8, train_steps=4, eval_every=2,
+              seeds=(0,), learning_rate=1e-3)
+  return finetune.FinetuneConfig(**{**base, **overrides})
+
+
+@pytest.fixture
+def mocked_glue(monkeypatch):
+  # Mocked datasets are never "prepared" on disk; the preparedness check has its own test.
+  monkeypatch.setattr(glue_tasks, "check_prepared", lambda name, data_dir: None)
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    yield
+
+
+def _test_ids(spec, split):
+  """The ids a submission must list: one per example, or per group for candidate tasks.
+
+  Mocked ids are random and may repeat; candidate rows sharing an id form one group.
+  """
+  ids = []
+  for example in tfds.load(spec.tfds_name, split=split).as_numpy_iterator():
+    idx = example["idx"]
+    ids.append(int(idx["query"]) if spec.kind == "entity_ranking" else
+               int(idx["paragraph"]) if spec.kind == "answer_scoring" else int(idx))
+  return sorted(set(ids)) if spec.kind in finetune_candidate_kinds() else sorted(ids)
+
+
+def finetune_candidate_kinds():
+  return ("multiple_choice", "answer_scoring", "entity_ranking")
+
+
+def _check_leaderboard(model_dir, spec):
+  for split, name in zip(spec.test_splits, spec.leaderboard_files):
+    rows = leaderboard.read_submission(os.path.join(model_dir, "leaderboard", name))
+    ids = [int(r[0]) for r in rows] if name.endswith(".tsv") else [r["idx"] for r in rows]
+    assert ids == _test_ids(spec, split), name
+
+
+def test_encoder_mnli_two_seeds_keep_best_and_write_glue_files(tmp_path, mocked_glue):
+  config = _config(tmp_path, "bert", ["glue_mnli"], seeds=(0, 1))
+  summary = finetune.run_finetune(config)
+  for seed in (0, 1):
+    run_dir = tmp_path / "finetune" / "glue_mnli" / f"seed_{seed}"
+    result = json.loads((run_dir / "result.json").read_text())
+    best = max(result["history"], key=lambda h: h["main"])
+    assert result["best_step"] == best["step"]  # the first of equal scores is kept
+    assert set(result["validation"]) == {"accuracy_matched", "accuracy_mismatched", "main"}
+    assert (run_dir / "best").is_dir()
+  for spec in (glue_spec.TASKS["glue_mnli"], glue_spec.TASKS["glue_ax"]):
+    _check_leaderboard(config.model_dir, spec)
+  text = (tmp_path / "finetune" / "summary.md").read_text()
+  assert "| glue_mnli | accuracy_matched | 2 |" in text
+  assert summary["tasks"]["glue_mnli"][1]["seed"] == 1
+  # A finished seed is not trained again.
+  again = finetune.run_finetune(config)
+  assert again["tasks"] == summary["tasks"]
+
+
+def test_bigs_regression_head_writes_sts_b_scores(tmp_path, mocked_glue):
+  config = _config(tmp_path, "bigs", ["glue_stsb"])
+  finetune.run_finetune(config)
+  spec = glue_spec.TASKS["glue_stsb"]
+  _check_leaderboard(config.model_dir, spec)
+  rows = leaderboard.read_submission(os.path.join(config.model_dir, "leaderboard", "STS-B.tsv"))
+  assert all(np.isfinite(float(r[1])) for r in rows)
+
+
+@pytest.mark.parametrize("head,task", [
+    ("text_to_text", "super_glue_boolq"),
+    pytest.param("enct5", "glue_rte", marks=pytest.mark.slow)])  # EncT5 head: unit-tested too
+def test_t5_fine_tunes_text_to_text_and_with_the_enct5_head(tmp_path, mocked_glue, head, task):
+  config = _config(tmp_path, "t5", [task], head=head)
+  summary = finetune.run_finetune(config)
+  assert summary["tasks"][task][0]["head"] == head
+  spec = glue_spec.TASKS[task]
+  _check_leaderboard(config.model_dir, spec)
+  if task == "super_glue_boolq":
+    rows = leaderboard.read_submission(os.path.join(config.model_dir, "leaderboard",
+                                                    "BoolQ.jsonl"))
+    assert {r["label"] for r in rows} <= {"true", "false"}
+
+
+@pytest.mark.parametrize("task", ["super_glue_copa",
+                                  pytest.param("super_glue_record", marks=pytest.mark.slow),
+                                  pytest.param("super_glue_multirc", marks=pytest.mark.slow)])
+def test_candidate_tasks_pick_one_answer_per_group(tmp_path, mocked_glue, task):
+  config = _config(tmp_path, "bert", [task])
+  finetune.run_finetune(config)
+  _check_leaderboard(config.model_dir, glue_spec.TASKS[task])
+
+
+def test_bad_inputs_fail_before_training(tmp_path):
+  with pytest.raises(ValueError, match="Unknown GLUE/SuperGLUE task"):
+    finetune.run_finetune(_config(tmp_path, "bert", ["glue_nope"]))
+  with pytest.raises(ValueError, match="predicted by the glue_mnli model"):
+    finetune.run_finetune(_config(tmp_path, "bert", ["glue_ax"]))
+  with pytest.raises(FileNotFoundError, match="tfds build glue/rte"):
+    finetune.run_finetune(_config(tmp_path, "bert", ["glue_rte"], tfds_data_dir=str(tmp_path)))
+  assert not (tmp_path / "finetune" / "glue_rte").exists()
+
+
+def test_wrong_checkpoint_and_too_long_rows_are_refused(tmp_path, mocked_glue):
+  t5_dir = _pretrained_dir(tmp_path, "t5")
+  with pytest.raises(ValueError, match="another model family"):
+    finetune.run_finetune(_config(tmp_path, "bert", ["glue_rte"], init_checkpoint_dir=t5_dir))
+  with pytest.raises(ValueError, match="longer than the model allows"):
+    finetune.run_finetune(_config(tmp_path, "bert", ["glue_rte"], sequence_length=128))
+  wide = dataclasses.replace(NETWORKS["bert"], d_ff=48)
+  with pytest.raises(ValueError, match="has shape"):
+    finetune.run_finetune(_config(tmp_path, "bert", ["glue_rte"], network=wide))
