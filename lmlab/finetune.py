@@ -326,6 +326,11 @@ def predict_split(steps: Steps, params, data: TaskData, split: str,
   return outputs, finetune_data.stack_meta(metas)
 
 
+def _multirc_ids(meta: dict[str, list]) -> list[dict]:
+  return [dict(paragraph=p, question=q, answer=a) for p, q, a in
+          zip(meta["idx_paragraph"], meta["idx_question"], meta["idx_answer"])]
+
+
 def resolve_predictions(spec: glue_spec.TaskSpec, outputs: list, meta: dict[str, list],
                         text_to_text: bool) -> dict[str, Any]:
   """Per-unit predictions (one per example, question or query) from per-row outputs.
@@ -336,15 +341,12 @@ def resolve_predictions(spec: glue_spec.TaskSpec, outputs: list, meta: dict[str,
   labels = meta.get("label", [])
   if spec.kind in ("classification", "regression") or (text_to_text and spec.kind != "entity_ranking"):
     if spec.kind == "answer_scoring":
-      ids = [dict(paragraph=p, question=q, answer=a) for p, q, a in
-             zip(meta["idx_paragraph"], meta["idx_question"], meta["idx_answer"])]
-      return dict(predictions=[int(o) for o in outputs], labels=labels, groups=meta["group"], ids=ids)
+      return dict(predictions=[int(o) for o in outputs], labels=labels, groups=meta["group"],
+                  ids=_multirc_ids(meta))
     return dict(predictions=outputs, labels=labels, ids=meta["idx"])
   if spec.kind == "answer_scoring":  # one row per answer; score > 0 means "true"
-    ids = [dict(paragraph=p, question=q, answer=a) for p, q, a in
-           zip(meta["idx_paragraph"], meta["idx_question"], meta["idx_answer"])]
     return dict(predictions=[int(o > 0) for o in outputs], labels=labels, groups=meta["group"],
-                ids=ids)
+                ids=_multirc_ids(meta))
   if spec.kind == "entity_ranking" and text_to_text:
     return dict(predictions=list(outputs), labels=None, ids=meta["idx_query"],
                 answers=[a.split("\x1f") if a else [] for a in meta["answers"]])
@@ -409,26 +411,39 @@ def _write_json(path: str, value) -> None:
   os.replace(tmp, path)
 
 
-def finetune_seed(spec: glue_spec.TaskSpec, config: FinetuneConfig, head: str, seed: int,
-                  partitioner: Optional[Partitioner] = None) -> dict:
-  """Trains one seed, keeps its best checkpoint, writes its test predictions; returns its result."""
-  run_dir = os.path.join(config.model_dir, spec.name, f"seed_{seed}")
-  result_path = os.path.join(run_dir, "result.json")
-  if os.path.exists(result_path):
-    with open(result_path, encoding="utf-8") as f:
-      logger.info("%s seed %d already done (%s); skipping.", spec.name, seed, result_path)
-      return json.load(f)
-  os.makedirs(run_dir, exist_ok=True)
+@dataclasses.dataclass
+class TaskRun:
+  """What every seed of one task shares: data, model, schedule and the compiled steps."""
+  spec: glue_spec.TaskSpec
+  config: FinetuneConfig
+  head: str
+  data: TaskData
+  model: Any
+  total_steps: int
+  eval_every: int
+  steps: Steps
+
+
+def prepare_task(spec: glue_spec.TaskSpec, config: FinetuneConfig, head: str,
+                 partitioner: Optional[Partitioner] = None) -> TaskRun:
   data = task_data(spec, config, head)
   model = build_model(config, spec, head, data.vocabulary.vocab_size)
   train_rows = count_examples(data, spec.train_split, config.max_train_examples)
   steps_per_epoch = max(1, math.ceil(train_rows / config.batch_size))
   total = config.train_steps or max(1, int(round(config.epochs * steps_per_epoch)))
   eval_every = config.eval_every or steps_per_epoch
-  logger.info("%s seed %d: %d training rows, %d steps, validating every %d.", spec.name, seed,
-              train_rows, total, eval_every)
-
+  logger.info("%s: %d training rows, %d steps, validating every %d.", spec.name, train_rows,
+              total, eval_every)
   steps = Steps(model, config, total, config.sequence_length, partitioner)
+  return TaskRun(spec, config, head, data, model, total, eval_every, steps)
+
+
+def finetune_seed(task: TaskRun, seed: int) -> dict:
+  """Trains one seed, keeps its best checkpoint, writes its test predictions; returns its result."""
+  spec, config, head, data, model = task.spec, task.config, task.head, task.data, task.model
+  steps, total, eval_every = task.steps, task.total_steps, task.eval_every
+  run_dir = os.path.join(config.model_dir, spec.name, f"seed_{seed}")
+  os.makedirs(run_dir, exist_ok=True)
   state = steps.initial_state(initial_params(model, config, seed, config.sequence_length), seed)
   log = finetune_data.TruncationLog(f"{spec.name}/{spec.train_split}")
   train_batches = data.batches(spec.train_split, config.batch_size, log, shuffle=True, seed=seed,
@@ -460,7 +475,7 @@ def finetune_seed(spec: glue_spec.TaskSpec, config: FinetuneConfig, head: str, s
     params = _restore_params(best_path, state.params)
     result["leaderboard_files"] = write_test_predictions(steps, params, data, config, head,
                                                          os.path.join(run_dir, "leaderboard"))
-  _write_json(result_path, result)
+  _write_json(os.path.join(run_dir, "result.json"), result)
   return result
 
 
@@ -504,11 +519,26 @@ def run_finetune(config: Optional[FinetuneConfig] = None,
     task_config = config.for_task(name)
     head = _resolve_head(task_config)
     spec = glue_spec.TASKS[name]
-    results[name] = [finetune_seed(spec, task_config, head, seed, partitioner)
-                     for seed in task_config.seeds]
+    results[name] = []
+    task = None  # built on the first seed that needs training, then shared
+    for seed in task_config.seeds:
+      done = _finished_result(task_config.model_dir, name, seed)
+      if done is None:
+        task = task or prepare_task(spec, task_config, head, partitioner)
+        done = finetune_seed(task, seed)
+      results[name].append(done)
     if task_config.write_test_predictions:
       _publish_best_seed(config.model_dir, results[name])
   return write_summary(config.model_dir, results)
+
+
+def _finished_result(model_dir: str, name: str, seed: int) -> Optional[dict]:
+  path = os.path.join(model_dir, name, f"seed_{seed}", "result.json")
+  if not os.path.exists(path):
+    return None
+  logger.info("%s seed %d already done (%s); skipping.", name, seed, path)
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
 
 
 def _publish_best_seed(model_dir: str, seed_results: list[dict]) -> None:

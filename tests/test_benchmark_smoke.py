@@ -108,6 +108,7 @@ def test_t5_benchmark_decode_table(t5_bench):
   assert set(rates) == {"without cache", "with KV cache"} and min(rates.values()) > 0
 
 
+@pytest.mark.slow  # benchmark smoke; long on 2 cores
 def test_bigs_benchmark_rows(monkeypatch):
   bigs_bench = load_benchmark("bench_bigs")
   bench = bigs_bench.LayerBench(d_model=16, head_dim=8, state_size=4, batch_size=2)

@@ -43,6 +43,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from lmlab import glue_metrics
 from lmlab.data import glue_spec, vocabularies
 from lmlab.data.glue_spec import TaskSpec
 
@@ -289,6 +290,28 @@ def _rename_pair(row):
   return out
 
 
+def seqio_postprocessor(spec: TaskSpec):
+  """seqio ``postprocess_fn`` of a text-to-text task: outputs and targets in the metric's form.
+
+  Predictions become label ids / scores / entities via
+  :func:`postprocess_prediction`; targets are read from the example's own
+  ``label`` (or ``answers``), never parsed from target text. MultiRC values
+  carry their question id, which exact match groups by.
+  """
+  def postprocess(output, example=None, is_target=False):
+    if is_target:
+      if spec.kind == "entity_ranking":
+        answers = _text(example["answers"])
+        return answers.split(ANSWER_SEPARATOR) if answers else []
+      value = float(example["label"]) if spec.kind == "regression" else int(example["label"])
+    else:
+      value = postprocess_prediction(spec, _text(output))
+    if spec.kind == "answer_scoring":
+      return {"group": int(example["group"]), "value": value}
+    return value
+  return postprocess
+
+
 def task_name(spec_name: str, fmt: str) -> str:
   suffix = {"encoder": "", "encoder_bytes": "_bytes", "t2t": "_t2t", "byt5_t2t": "_byt5_t2t"}[fmt]
   return f"lmlab.{spec_name}{suffix}"
@@ -303,10 +326,14 @@ def _register(spec: TaskSpec, fmt: str) -> str:
       seqio.preprocessors.tokenize, seqio.preprocessors.append_eos]
   if name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)
+  # Text-to-text tasks carry their official metrics for seqio's evaluator; encoder-format
+  # rows are scored by lmlab.finetune, which owns the heads that make their predictions.
+  evaluation = dict(postprocess_fn=seqio_postprocessor(spec),
+                    metric_fns=[glue_metrics.seqio_metric_fn(spec)]) if text_to_text else {}
   seqio.TaskRegistry.add(
       name, source=_SplitAwareSource(spec, text_to_text), preprocessors=preprocessors,
       output_features={k: seqio.Feature(vocab, add_eos=True) for k in keys},
-      metric_fns=[], shuffle_buffer_size=1024)
+      shuffle_buffer_size=1024, **evaluation)
   return name
 
 

@@ -163,3 +163,17 @@ def test_wrong_checkpoint_and_too_long_rows_are_refused(tmp_path, mocked_glue):
   wide = dataclasses.replace(NETWORKS["bert"], d_ff=48)
   with pytest.raises(ValueError, match="has shape"):
     finetune.run_finetune(_config(tmp_path, "bert", ["glue_rte"], network=wide))
+
+
+def test_command_line_finetune_mode(tmp_path, mocked_glue, capsys):
+  """``python -m lmlab.main --run_mode=finetune`` with the shipped gin files (random init)."""
+  from lmlab import main as cli  # pylint: disable=import-outside-toplevel
+  result = cli.main([
+      "--run_mode=finetune", "--gin_file=models/tiny.gin", "--gin_file=finetune/glue.gin",
+      f"--gin.MODEL_DIR='{tmp_path}'", "--gin.PRETRAINED_DIR=None",
+      "--gin.FinetuneConfig.tasks=['glue_rte']", "--gin.FinetuneConfig.seeds=[0]",
+      "--gin.FinetuneConfig.train_steps=2", "--gin.FinetuneConfig.batch_size=8",
+      "--gin.FinetuneConfig.eval_batch_size=8", "--gin.FinetuneConfig.sequence_length=32"])
+  assert result["tasks"]["glue_rte"][0]["train_steps"] == 2
+  assert "| glue_rte | accuracy | 1 |" in capsys.readouterr().out
+  assert (tmp_path / "leaderboard" / "RTE.tsv").exists()

@@ -184,3 +184,27 @@ def test_unprepared_data_and_unknown_tasks_say_how_to_fix_it(tmp_path):
     glue_tasks.check_prepared("glue_rte", str(tmp_path))
   with pytest.raises(ValueError, match="Unknown GLUE/SuperGLUE task 'glue_nope'"):
     glue_tasks.check_prepared("glue_nope", str(tmp_path))
+
+
+def test_text_to_text_tasks_score_with_their_official_metrics():
+  """seqio's evaluation path: postprocess outputs and targets, then the task's metric function."""
+  task = seqio.get_mixture_or_task("lmlab.glue_mrpc_t2t")
+  examples = [{"label": 1}, {"label": 0}, {"label": 1}]
+  targets = [task.postprocess_fn("", example=e, is_target=True) for e in examples]
+  predictions = [task.postprocess_fn(t, example=e) for t, e in
+                 zip(["equivalent", "equivalent", "bogus"], examples)]
+  assert predictions == [1, 1, -1]
+  (metric_fn,) = task.metric_fns
+  scores = metric_fn(targets, predictions)
+  # accuracy 1/3; F1 of class 1: TP 1, FP 1, FN 1 -> 0.5
+  assert scores["accuracy"] == pytest.approx(100 / 3) and scores["f1"] == pytest.approx(50.0)
+  record = seqio.get_mixture_or_task("lmlab.super_glue_record_t2t")
+  gold = record.postprocess_fn("", example={"answers": b"Paris\x1fthe Paris"}, is_target=True)
+  assert gold == ["Paris", "the Paris"]
+  assert record.metric_fns[0]([gold], ["paris"])["record_exact_match"] == 100.0
+  multirc = seqio.get_mixture_or_task("lmlab.super_glue_multirc_t2t")
+  rows = [{"group": 7, "label": 1}, {"group": 7, "label": 0}, {"group": 8, "label": 1}]
+  targets = [multirc.postprocess_fn("", example=r, is_target=True) for r in rows]
+  predictions = [multirc.postprocess_fn(t, example=r) for t, r in zip(["True", "False", "False"], rows)]
+  scores = multirc.metric_fns[0](targets, predictions)
+  assert scores["exact_match"] == pytest.approx(50.0)  # question 7 right, question 8 wrong

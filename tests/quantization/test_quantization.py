@@ -313,6 +313,7 @@ def _enc_dec_batch(batch: int = 2, length_in: int = 12, length_out: int = 6) -> 
   }
 
 
+@pytest.mark.slow  # the encoder runs the same layers by default
 def test_t5_with_bitlinear_runs_and_serves_packed():
   cfg = T5Config(vocab_size=256, d_model=32, num_heads=2, head_dim=8, d_ff=64,
                  num_encoder_layers=1, num_decoder_layers=1, dense_quantization="bitlinear")

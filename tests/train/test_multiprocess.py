@@ -20,6 +20,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from lmlab import main as cli
 from lmlab import runs
@@ -76,6 +77,7 @@ def _reference(flags: list[str], reference_dir):
   return losses, state, first_rows, model, data, config
 
 
+@pytest.mark.slow  # two real processes: long on 2 cores; flags and mesh checks run by default
 def test_two_processes_train_together_like_one(tmp_path, tiny_run_bindings):
   model_dir = tmp_path / "two_processes"
   flags = _flags(model_dir, tiny_run_bindings)
