@@ -76,7 +76,9 @@ PRESETS = {
 }
 
 
-@pytest.mark.parametrize("name", PRESETS)
+# Accumulation under FSDP is slow here (accumulation itself is tested by default).
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "fsdp8_accum2"
+                                  else n for n in PRESETS])
 def test_preset_matches_single_device(name, tmp_path, single_device_run):
   ici_shape, accum = PRESETS[name]
   trainer = _trainer(tmp_path, MeshConfig(ici_shape=ici_shape), accum)
@@ -112,6 +114,7 @@ def test_preset_matches_single_device(name, tmp_path, single_device_run):
     assert per_device < total / (fsdp * tensor) * 1.2
 
 
+@pytest.mark.slow  # scan/remat equivalence and sharding each have default tests
 def test_scanned_rematerialised_layers_shard_and_match_one_device(tmp_path):
   config = dataclasses.replace(CONFIG, scan_layers=True, remat_policy="full")
   ref_state, ref_losses = _train(_trainer(tmp_path / "one", MeshConfig(num_devices=1), 1, config))
