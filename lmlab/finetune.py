@@ -511,6 +511,9 @@ def run_finetune(config: Optional[FinetuneConfig] = None,
                      "of one host, or run one task per host.")
   names = config.task_names()
   glue_tasks = _glue_tasks()
+  if config.tfds_data_dir:  # read the data from where it was checked to be prepared
+    import seqio  # pylint: disable=g-import-not-at-top
+    seqio.set_tfds_data_dir_override(config.tfds_data_dir)
   for name in names:  # fail fast, before any training, on data that is not prepared
     glue_tasks.check_prepared(name, config.tfds_data_dir)
   os.makedirs(config.model_dir, exist_ok=True)

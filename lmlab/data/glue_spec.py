@@ -15,7 +15,7 @@ Task kinds:
 * ``classification``: one label per example (``label_names``).
 * ``regression``: a float score (STS-B, 0 to 5).
 * ``multiple_choice``: COPA; the encoder scores each (premise, choice) pair
-  and the higher score wins; text-to-text generates the choice's text.
+  and the higher score wins; text-to-text generates "choice1" or "choice2".
 * ``answer_scoring``: MultiRC; each (paragraph, question, answer) row is a
   true/false label, scored per answer (F1a) and per question (exact match).
 * ``entity_ranking``: ReCoRD; the encoder scores each candidate entity in the
@@ -164,8 +164,10 @@ SUPER_GLUE_TASKS = tuple(s.name for s in _SPECS if s.benchmark == SUPER_GLUE)
 def get_spec(name: str) -> TaskSpec:
   """The spec of ``name`` (``glue_cola``; a seqio task name with a format suffix works too)."""
   base = name.removeprefix("lmlab.")
-  for suffix in ("_t2t", "_enc"):
-    base = base.removesuffix(suffix)
+  for suffix in ("_byt5_t2t", "_t2t", "_bytes"):  # the format suffixes of glue_tasks
+    if base.endswith(suffix) and base.removesuffix(suffix) in TASKS:
+      base = base.removesuffix(suffix)
+      break
   if base not in TASKS:
     raise ValueError(f"Unknown GLUE/SuperGLUE task {name!r}; known: {', '.join(TASKS)}.")
   return TASKS[base]

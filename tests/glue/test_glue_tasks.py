@@ -208,3 +208,9 @@ def test_text_to_text_tasks_score_with_their_official_metrics():
   predictions = [multirc.postprocess_fn(t, example=r) for t, r in zip(["True", "False", "False"], rows)]
   scores = multirc.metric_fns[0](targets, predictions)
   assert scores["exact_match"] == pytest.approx(50.0)  # question 7 right, question 8 wrong
+
+
+def test_specs_are_found_from_every_format_name():
+  for name, formats in glue_tasks.TASK_NAMES.items():
+    for task in formats.values():
+      assert glue_spec.get_spec(task).name == name
