@@ -66,7 +66,8 @@ def _assert_close(got, want, tol, what):
   assert err <= tol, f"{what}: max error {err:.3g} (relative to {scale:.3g}) > {tol}"
 
 
-def _compare(q, k, v, tol, block_q=None, block_k=None, **extra):
+def _assert_matches_reference(q, k, v, tol, block_q=None, block_k=None, **extra):
+  """Asserts flash output and every gradient equal the jnp reference within ``tol``."""
   cot = jax.random.normal(jax.random.PRNGKey(7), q.shape, jnp.float32)
   flash = functools.partial(fa.flash_attention, block_q=block_q, block_k=block_k)
   out, grads = _grads(flash, q, k, v, extra, cot)
@@ -94,7 +95,7 @@ _SLOW = pytest.mark.slow
 def test_plain_attention_matches_reference_at_block_edges(length, head_dim):
   q, k, v = _qkv(jax.random.PRNGKey(length + head_dim), 1, length, length, 2, head_dim,
                  jnp.float32)
-  _compare(q, k, v, _TOL[jnp.float32], block_q=64, block_k=64)
+  _assert_matches_reference(q, k, v, _TOL[jnp.float32], block_q=64, block_k=64)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
@@ -103,7 +104,7 @@ def test_causal_segments_and_alibi_with_packed_positions(dtype):
   seg, pos = _packed_segments(200, 2, rng)
   q, k, v = _qkv(jax.random.PRNGKey(1), 2, 200, 200, 4, 64, dtype)
   slopes = jnp.asarray([0.5, 0.25, 0.125, 0.0625], jnp.float32)
-  _compare(q, k, v, _TOL[dtype], block_q=64, block_k=32, q_segment_ids=seg,
+  _assert_matches_reference(q, k, v, _TOL[dtype], block_q=64, block_k=32, q_segment_ids=seg,
            kv_segment_ids=seg, causal=True, q_positions=pos, kv_positions=pos,
            alibi_slopes=slopes)
 
@@ -112,7 +113,7 @@ def test_bidirectional_alibi_with_padding_matches_reference():
   rng = np.random.default_rng(1)
   seg, pos = _packed_segments(150, 2, rng)
   q, k, v = _qkv(jax.random.PRNGKey(2), 2, 150, 150, 2, 128, jnp.float32)
-  _compare(q, k, v, _TOL[jnp.float32], block_q=64, block_k=64, q_segment_ids=seg,
+  _assert_matches_reference(q, k, v, _TOL[jnp.float32], block_q=64, block_k=64, q_segment_ids=seg,
            kv_segment_ids=seg, q_positions=pos, kv_positions=pos,
            alibi_slopes=jnp.asarray([0.5, 0.03125], jnp.float32))
 
@@ -126,7 +127,7 @@ def test_dense_bias_and_key_bias_gradients(bias_batch, bias_heads):
   key_bias = -jax.nn.softplus(jax.random.normal(jax.random.PRNGKey(5), (2, 130)) * 3)
   kv_seg = jnp.ones((2, 130), jnp.int32).at[1, 100:].set(0)
   q_seg = jnp.ones((2, 90), jnp.int32)
-  _, grads = _compare(q, k, v, _TOL[jnp.float32], block_q=32, block_k=64, bias=bias,
+  _, grads = _assert_matches_reference(q, k, v, _TOL[jnp.float32], block_q=32, block_k=64, bias=bias,
                       key_bias=key_bias, q_segment_ids=q_seg, kv_segment_ids=kv_seg)
   assert grads[3]["bias"].shape == bias.shape
   # Padded keys get no gradient through the gate.
@@ -137,27 +138,27 @@ def test_dense_bias_and_key_bias_gradients(bias_batch, bias_heads):
 def test_causal_decoder_with_bias_in_bfloat16():
   q, k, v = _qkv(jax.random.PRNGKey(6), 1, 160, 160, 2, 64, jnp.bfloat16)
   bias = jax.random.normal(jax.random.PRNGKey(8), (1, 2, 160, 160))
-  _compare(q, k, v, _TOL[jnp.bfloat16], block_q=64, block_k=64, causal=True, bias=bias)
+  _assert_matches_reference(q, k, v, _TOL[jnp.bfloat16], block_q=64, block_k=64, causal=True, bias=bias)
 
 
 @pytest.mark.parametrize("head_dim", [pytest.param(32, marks=_SLOW), 80])
 def test_head_dims_that_need_padding(head_dim):
   q, k, v = _qkv(jax.random.PRNGKey(head_dim), 1, 70, 70, 2, head_dim, jnp.float32)
-  _compare(q, k, v, _TOL[jnp.float32], block_q=32, block_k=32, causal=True)
+  _assert_matches_reference(q, k, v, _TOL[jnp.float32], block_q=32, block_k=32, causal=True)
 
 
 def test_single_query_against_a_cache():
   """A decode step: one query over a partly filled key/value cache."""
   q, k, v = _qkv(jax.random.PRNGKey(9), 2, 1, 96, 2, 64, jnp.float32)
   kv_seg = (jnp.arange(96)[None, :] < jnp.asarray([[40], [96]])).astype(jnp.int32)
-  _compare(q, k, v, _TOL[jnp.float32], q_segment_ids=jnp.ones((2, 1), jnp.int32),
+  _assert_matches_reference(q, k, v, _TOL[jnp.float32], q_segment_ids=jnp.ones((2, 1), jnp.int32),
            kv_segment_ids=kv_seg)
 
 
 def test_fully_masked_rows_give_zero_output_and_gradients():
   q, k, v = _qkv(jax.random.PRNGKey(10), 1, 80, 80, 2, 64, jnp.float32)
   seg = jnp.ones((1, 80), jnp.int32).at[0, 50:].set(0)  # rows 50.. are padding
-  out, grads = _compare(q, k, v, _TOL[jnp.float32], block_q=32, block_k=32,
+  out, grads = _assert_matches_reference(q, k, v, _TOL[jnp.float32], block_q=32, block_k=32,
                         q_segment_ids=seg, kv_segment_ids=seg)
   np.testing.assert_array_equal(np.asarray(out)[0, 50:], 0.0)
   np.testing.assert_array_equal(np.asarray(grads[0])[0, 50:], 0.0)  # dq of padded queries
