@@ -8,9 +8,10 @@ is what lets gin reject a misspelt name at parse time.
 
 import gin
 
-from lmlab import (  # noqa: F401  (registers)
-    encoder_decoder_model, finetune, model_wrappers, optimizers, partitioning, run_config, runs,
-    seq2seq_inference)
+from lmlab import inference, runs  # noqa: F401  (registers)
+from lmlab.glue import finetune  # noqa: F401  (registers)
+from lmlab.training import config, optimizers, partitioning  # noqa: F401  (registers)
+from lmlab.wrappers import encoder_decoder, masked_lm  # noqa: F401  (registers)
 from lmlab.data import preprocessors, tasks  # noqa: F401  (registers preprocessors and tasks)
 from lmlab.models import config as model_config
 

@@ -108,7 +108,7 @@ def main(argv: Optional[Sequence[str]] = None) -> object:
       bindings.append(f"DataConfig.tfds_data_dir = {args.tfds_data_dir!r}")
       if args.run_mode == "finetune":
         bindings.append(f"FinetuneConfig.tfds_data_dir = {args.tfds_data_dir!r}")
-    from lmlab import multihost  # pylint: disable=g-import-not-at-top
+    from lmlab.training import multihost  # pylint: disable=g-import-not-at-top
     multihost.initialize(args.coordinator_address, args.num_processes, args.process_id)
     parse_gin(args.gin_file, bindings, search)
     from lmlab import runs  # pylint: disable=g-import-not-at-top
@@ -126,7 +126,7 @@ def main(argv: Optional[Sequence[str]] = None) -> object:
 
 def print_summary(result: object) -> None:
   """One readable block at the end of a run."""
-  from lmlab.trainer import TrainSummary  # pylint: disable=g-import-not-at-top
+  from lmlab.training.trainer import TrainSummary  # pylint: disable=g-import-not-at-top
   if isinstance(result, TrainSummary):
     lines = [f"steps {result.start_step} -> {result.final_step} in {result.seconds:.1f} s "
              f"({result.tokens_per_second:,.0f} tokens/s)"]

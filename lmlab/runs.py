@@ -15,12 +15,11 @@ import gin
 import jax
 import numpy as np
 
-from lmlab.encoder_decoder_model import EncoderDecoderModel
-from lmlab.model_wrappers import MaskedLMModel, ModelWrapper
-from lmlab.optimizers import OptimizerConfig
-from lmlab.run_config import DataConfig, TrainConfig
-from lmlab.seq2seq_inference import run_seq2seq_infer
-from lmlab.trainer import Trainer, TrainSummary, ensure_writable, evaluate
+from lmlab.wrappers.masked_lm import MaskedLMModel, ModelWrapper
+from lmlab.training.optimizers import OptimizerConfig
+from lmlab.training.config import DataConfig, TrainConfig
+from lmlab.inference import run_seq2seq_infer
+from lmlab.training.trainer import Trainer, TrainSummary, ensure_writable, evaluate
 
 logger = logging.getLogger(__name__)
 RUN_MODES = ("train", "eval", "infer", "finetune")
@@ -61,20 +60,6 @@ def _write_config(model_dir: str, filename: str, text: str) -> None:
       f.write(text)
 
 
-def check_prediction_budget(model: MaskedLMModel) -> None:
-  """The gathered MLM head must have room for every masked token."""
-  try:
-    mask_rate = gin.query_parameter("mlm_mask.mask_rate")
-  except ValueError:
-    mask_rate = 0.15  # mlm_mask's default
-  fraction = model.max_prediction_fraction
-  if fraction is not None and fraction < mask_rate:
-    raise ValueError(
-        f"MaskedLMModel.max_prediction_fraction={fraction} is below mlm_mask.mask_rate={mask_rate}: "
-        "masked tokens would be dropped from the loss. Raise max_prediction_fraction (e.g. to "
-        f"{mask_rate + 0.05:.2f}) or set it to None.")
-
-
 def prepare(model: Optional[ModelWrapper], data: DataConfig, model_dir: str) -> ModelWrapper:
   """Validates the task, its fit with the model and MODEL_DIR; sizes the model's vocabulary."""
   pipeline = _data_api()
@@ -82,17 +67,16 @@ def prepare(model: Optional[ModelWrapper], data: DataConfig, model_dir: str) -> 
   pipeline.get_task_or_mixture(name)  # unknown names fail here, early
   ensure_writable(model_dir)
   model = model or MaskedLMModel()
-  task_is_seq2seq = pipeline.is_encoder_decoder_task(name)
-  if isinstance(model, EncoderDecoderModel) != task_is_seq2seq:
+  task_kind = SEQ2SEQ if pipeline.is_encoder_decoder_task(name) else MASKED_LM
+  if model.task_kind != task_kind:
     raise ValueError(
-        f"Task {name!r} is {'an encoder-decoder (inputs/targets)' if task_is_seq2seq else 'a masked-LM'} "
-        f"task but run.model is a {type(model).__name__}. Pair EncoderDecoderModel with the "
+        f"Task {name!r} yields {task_kind} examples but run.model is a {type(model).__name__}, "
+        f"which consumes {model.task_kind} examples. Pair EncoderDecoderModel with the "
         "*_span_corruption/*_denoising tasks and MaskedLMModel with the *_mlm tasks.")
-  if task_is_seq2seq and not data.task_feature_lengths:
+  if task_kind == SEQ2SEQ and not data.task_feature_lengths:
     raise ValueError(f"Task {name!r} needs DataConfig.task_feature_lengths, e.g. "
                      "{'inputs': 512, 'targets': 114}.")
-  if isinstance(model, MaskedLMModel):
-    check_prediction_budget(model)
+  model.check_run()
   return model.with_vocab_size(pipeline.vocabulary_for(name).vocab_size)
 
 
@@ -197,7 +181,7 @@ def run(run_mode: str = "train", model: Optional[ModelWrapper] = None):
   if run_mode not in RUN_MODES:
     raise ValueError(f"Unknown run_mode {run_mode!r}; choose one of {RUN_MODES}.")
   if run_mode == "finetune":  # configured by FinetuneConfig alone
-    from lmlab import finetune  # pylint: disable=g-import-not-at-top
+    from lmlab.glue import finetune  # pylint: disable=g-import-not-at-top
     return finetune.run_finetune()
   data, config = DataConfig(), TrainConfig()
   model = prepare(model, data, config.model_dir)
@@ -206,7 +190,7 @@ def run(run_mode: str = "train", model: Optional[ModelWrapper] = None):
     return train(model, data, config, OptimizerConfig())
   if run_mode == "eval":
     return run_eval(model, data, config)
-  if isinstance(model, EncoderDecoderModel):
+  if model.task_kind == SEQ2SEQ:
     _, step, params = restore_params(model, config, data.sequence_length)
     return run_seq2seq_infer(model, params, step, data.mixture_or_task_name, data.eval_split,
                              data.feature_lengths, config.model_dir)

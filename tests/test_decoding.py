@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmlab import decoding
+from lmlab.wrappers import decoding
 
 VOCAB, EOS, MAX_LEN = 5, 1, 4
 

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from lmlab.encoder_decoder_model import EncoderDecoderModel
+from lmlab.wrappers.encoder_decoder import EncoderDecoderModel
 from lmlab.models.config import T5Config
 
 CONFIG = T5Config(vocab_size=64, d_model=32, num_heads=2, head_dim=16, d_ff=64,

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from lmlab import main as cli
-from lmlab.encoder_decoder_model import EncoderDecoderModel
-from lmlab.model_wrappers import MaskedLMModel
-from lmlab.optimizers import OptimizerConfig
-from lmlab.run_config import DataConfig, TrainConfig
+from lmlab.wrappers.encoder_decoder import EncoderDecoderModel
+from lmlab.wrappers.masked_lm import MaskedLMModel
+from lmlab.training.optimizers import OptimizerConfig
+from lmlab.training.config import DataConfig, TrainConfig
 
 GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin"
 MODEL_FILES = sorted((GIN_DIR / "models").glob("*.gin"))
@@ -112,8 +112,8 @@ FINETUNE_FILES = sorted((GIN_DIR / "finetune").glob("*.gin"))
 
 @pytest.mark.parametrize("path", FINETUNE_FILES, ids=lambda p: p.name)
 def test_finetune_file_names_real_tasks_and_fields(path, tmp_path):
-  from lmlab.finetune import FinetuneConfig  # pylint: disable=import-outside-toplevel
-  from lmlab.data import glue_spec  # pylint: disable=import-outside-toplevel
+  from lmlab.glue.finetune import FinetuneConfig  # pylint: disable=import-outside-toplevel
+  from lmlab.glue import spec as glue_spec  # pylint: disable=import-outside-toplevel
   t5 = "T5Config" in path.read_text()
   cli.parse_gin(["models/t5_tiny.gin" if t5 else "models/tiny.gin", str(path)],
                 [f"MODEL_DIR = '{tmp_path}'", f"PRETRAINED_DIR = '{tmp_path}/pretrained'"], [])

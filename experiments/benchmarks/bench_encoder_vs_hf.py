@@ -30,10 +30,10 @@ from typing import Optional
 import jax
 import numpy as np
 
-from lmlab.model_wrappers import MaskedLMModel
+from lmlab.wrappers.masked_lm import MaskedLMModel
 from lmlab.models import EncoderConfig
-from lmlab.optimizers import OptimizerConfig, make_optimizer, make_schedule
-from lmlab.trainer import create_train_state, make_train_step
+from lmlab.training.optimizers import OptimizerConfig, make_optimizer, make_schedule
+from lmlab.training.trainer import create_train_state, make_train_step
 from timing import time_steps  # sibling module: experiments/benchmarks/timing.py
 
 MASK_RATE = 0.15

@@ -30,11 +30,11 @@ import jax  # noqa: E402  (after XLA_FLAGS)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lmlab.model_wrappers import MaskedLMModel  # noqa: E402
+from lmlab.wrappers.masked_lm import MaskedLMModel  # noqa: E402
 from lmlab.models import EncoderConfig  # noqa: E402
-from lmlab.optimizers import OptimizerConfig, make_optimizer, make_schedule  # noqa: E402
-from lmlab.partitioning import MeshConfig, Partitioner, per_device_bytes, with_shardings  # noqa: E402
-from lmlab.trainer import create_train_state, make_train_step, state_shardings  # noqa: E402
+from lmlab.training.optimizers import OptimizerConfig, make_optimizer, make_schedule  # noqa: E402
+from lmlab.training.partitioning import MeshConfig, Partitioner, per_device_bytes, with_shardings  # noqa: E402
+from lmlab.training.trainer import create_train_state, make_train_step, state_shardings  # noqa: E402
 
 # Widths of the shipped presets (gin/models/tiny.gin, bert_base.gin).
 MODELS = {

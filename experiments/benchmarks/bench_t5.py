@@ -50,11 +50,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmlab.encoder_decoder_model import EncoderDecoderModel
+from lmlab.wrappers.encoder_decoder import EncoderDecoderModel
 from lmlab.models.byte_level import keep_tokens
 from lmlab.models.config import T5Config
-from lmlab.optimizers import OptimizerConfig, make_optimizer, make_schedule
-from lmlab.trainer import create_train_state, make_train_step
+from lmlab.training.optimizers import OptimizerConfig, make_optimizer, make_schedule
+from lmlab.training.trainer import create_train_state, make_train_step
 from timing import time_steps  # sibling module: experiments/benchmarks/timing.py
 
 # Shared by both sides of the training comparison.

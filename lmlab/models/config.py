@@ -24,7 +24,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 MIXERS = ("attention", "bigs")
 SSM_A_INITS = ("hippo", "lin", "inv")
 # Dense layers inside the blocks: float, BitNet b1.58 ternary or int8 W8A8
-# quantization-aware training (see ``lmlab.quantization``).
+# quantization-aware training (see ``lmlab.models.quantized``).
 DENSE_QUANTIZATIONS = ("none", "bitlinear", "int8")
 # Name -> ``jax.checkpoint`` policy; "none" disables rematerialisation.
 REMAT_POLICIES = {
@@ -130,12 +130,12 @@ class EncoderConfig(_NetworkConfig):
       BiGS projections): ``none`` (float), ``bitlinear`` (BitNet b1.58:
       ternary weights, int8 per-token activations) or ``int8`` (W8A8),
       trained quantization-aware with straight-through gradients on float
-      weights (``lmlab.quantization``). Embeddings, the MLM head, pooler and
+      weights (``lmlab.models.quantized``). Embeddings, the MLM head, pooler and
       classifier stay float. Parameters are named and shaped as in the float
       model.
     quantization_serving: With ``dense_quantization``: the quantized layers
       hold packed weights (``kernel_packed``/``kernel_int8`` + ``kernel_scale``,
-      from ``lmlab.quantization.export_packed``) and run the Pallas low-bit
+      from ``lmlab.models.quantized.export_packed``) and run the Pallas low-bit
       kernels, for inference only.
   """
 
@@ -254,12 +254,12 @@ class T5Config(_NetworkConfig):
       projections): ``none`` (float), ``bitlinear`` (BitNet b1.58: ternary
       weights, int8 per-token activations) or ``int8`` (W8A8), trained
       quantization-aware with straight-through gradients on float weights
-      (``lmlab.quantization``). Embeddings, the vocabulary projection and
+      (``lmlab.models.quantized``). Embeddings, the vocabulary projection and
       MrT5's gate stay float. Parameters are named and shaped as in the
       float model.
     quantization_serving: With ``dense_quantization``: the quantized layers
       hold packed weights (``kernel_packed``/``kernel_int8`` + ``kernel_scale``,
-      from ``lmlab.quantization.export_packed``) and run the Pallas low-bit
+      from ``lmlab.models.quantized.export_packed``) and run the Pallas low-bit
       kernels, for inference only.
   """
 

@@ -83,7 +83,7 @@ def _dense(cfg: T5Config, features, kernel_axes, stddev: float, *, axis=-1, use_
   """
   cls = layers.DenseGeneral
   if "vocab" not in kernel_axes and (cfg.dense_quantization != "none" or cfg.quantization_serving):
-    from lmlab import quantization  # pylint: disable=import-outside-toplevel  (imports layers)
+    from lmlab.models import quantized as quantization  # pylint: disable=import-outside-toplevel  (imports layers)
     cls = quantization.dense_class(cfg.dense_quantization, cfg.quantization_serving)
   return cls(features=features, kernel_axes=kernel_axes, axis=axis, use_bias=use_bias,
              dtype=cfg.compute_dtype, param_dtype=cfg.parameter_dtype, init_stddev=stddev,

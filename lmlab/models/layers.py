@@ -110,12 +110,12 @@ def dense(config: EncoderConfig, features: Features, kernel_axes: AxisNames, *, 
   """A dense layer with dtypes, init and (by default) bias taken from the config.
 
   ``DenseGeneral``, or with ``config.dense_quantization`` its quantization-aware
-  drop-in (``lmlab.quantization``: same parameters). ``quantize=False`` keeps
+  drop-in (``lmlab.models.quantized``: same parameters). ``quantize=False`` keeps
   a layer float whatever the config (heads, poolers, classifiers).
   """
   cls = DenseGeneral
   if quantize and (config.dense_quantization != "none" or config.quantization_serving):
-    from lmlab import quantization  # pylint: disable=import-outside-toplevel  (imports this module)
+    from lmlab.models import quantized as quantization  # pylint: disable=import-outside-toplevel  (imports this module)
     cls = quantization.dense_class(config.dense_quantization, config.quantization_serving)
   return cls(
       features=features, kernel_axes=kernel_axes, axis=axis,

@@ -163,7 +163,7 @@ def test_save_then_from_pretrained(case, tmp_path):
 
 
 def test_greedy_decoding_matches_generate(case):
-  decoding = pytest.importorskip("lmlab.decoding", reason="lmlab.decoding is not written yet")
+  decoding = pytest.importorskip("lmlab.wrappers.decoding", reason="lmlab.wrappers.decoding is not written yet")
   _, hf, _, config, params = case
   steps = 12
   enc, _ = batch(config.vocab_size)

@@ -10,8 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from lmlab.classification_model import ClassificationModel
-from lmlab.data.glue_spec import TASKS
+from lmlab.wrappers.classification import ClassificationModel
+from lmlab.glue.spec import TASKS
 from lmlab.models import EncoderConfig
 from lmlab.models.config import T5Config
 
@@ -78,7 +78,7 @@ def test_head_learns_a_fixed_batch(family, task):
   batch = _batch(spec)
   params, losses = _fit(model, batch)
   assert losses[-1] < 0.5 * losses[0], losses
-  predictions = np.asarray(model.predict(params, batch))
+  predictions = np.asarray(model.predict_batch(params, batch))
   assert predictions.shape == (8,)
   if spec.kind == "classification":
     assert predictions.dtype.kind == "i" and set(predictions) <= set(range(spec.num_classes))

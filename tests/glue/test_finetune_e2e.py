@@ -20,10 +20,11 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
-from lmlab import finetune, leaderboard
-from lmlab.data import glue_spec, glue_tasks
-from lmlab.encoder_decoder_model import EncoderDecoderModel
-from lmlab.model_wrappers import MaskedLMModel
+from lmlab.glue import finetune, leaderboard
+from lmlab.glue import spec as glue_spec
+from lmlab.glue import tasks as glue_tasks
+from lmlab.wrappers.encoder_decoder import EncoderDecoderModel
+from lmlab.wrappers.masked_lm import MaskedLMModel
 from lmlab.models import EncoderConfig
 from lmlab.models.config import T5Config
 

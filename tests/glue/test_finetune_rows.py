@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from lmlab import finetune_data, leaderboard
-from lmlab.data.glue_spec import TASKS
+from lmlab.glue import leaderboard
+from lmlab.glue import rows as finetune_data
+from lmlab.glue.spec import TASKS
 
 EOS = 1
 

@@ -12,8 +12,8 @@ import math
 import numpy as np
 import pytest
 
-from lmlab import glue_metrics as gm
-from lmlab.data.glue_spec import TASKS
+from lmlab.glue import metrics as gm
+from lmlab.glue.spec import TASKS
 
 pytestmark = pytest.mark.filterwarnings("error")
 

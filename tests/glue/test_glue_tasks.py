@@ -7,8 +7,9 @@ import pytest
 import seqio
 import tensorflow_datasets as tfds
 
-from lmlab.data import glue_spec, glue_tasks
-from lmlab.data.glue_spec import TASKS
+from lmlab.glue import spec as glue_spec
+from lmlab.glue import tasks as glue_tasks
+from lmlab.glue.spec import TASKS
 
 # One example per task, shaped like the TFDS features (strings, ids, labels).
 PAIR = {"sentence1": "The cat sat.", "sentence2": "A cat was sitting."}

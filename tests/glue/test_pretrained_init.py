@@ -10,11 +10,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lmlab import pretrained
-from lmlab.classification_model import ClassificationModel
-from lmlab.data.glue_spec import TASKS
-from lmlab.encoder_decoder_model import EncoderDecoderModel
-from lmlab.model_wrappers import MaskedLMModel
+from lmlab.training import pretrained
+from lmlab.wrappers.classification import ClassificationModel
+from lmlab.glue.spec import TASKS
+from lmlab.wrappers.encoder_decoder import EncoderDecoderModel
+from lmlab.wrappers.masked_lm import MaskedLMModel
 from lmlab.models import EncoderConfig
 from lmlab.models.config import T5Config
 

@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmlab.encoder_decoder_model import EncoderDecoderModel
-from lmlab.model_wrappers import MaskedLMModel
+from lmlab.wrappers.encoder_decoder import EncoderDecoderModel
+from lmlab.wrappers.masked_lm import MaskedLMModel
 from lmlab.models import attention
 from lmlab.models.config import EncoderConfig, T5Config
 

@@ -19,13 +19,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lmlab import quantization as q
-from lmlab.encoder_decoder_model import EncoderDecoderModel
-from lmlab.model_wrappers import MaskedLMModel
+from lmlab.models import quantized as q
+from lmlab.wrappers.encoder_decoder import EncoderDecoderModel
+from lmlab.wrappers.masked_lm import MaskedLMModel
 from lmlab.models import EncoderConfig, EncoderForSequenceClassification
 from lmlab.models.config import T5Config
 from lmlab.models.layers import DenseGeneral
-from lmlab.partitioning import MeshConfig, Partitioner
+from lmlab.training.partitioning import MeshConfig, Partitioner
 
 KINDS = ("bitlinear", "int8")
 LAYER_CLASSES = {"bitlinear": q.BitLinear, "int8": q.Int8Dense}

@@ -10,10 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from lmlab.model_wrappers import MaskedLMModel
+from lmlab.wrappers.masked_lm import MaskedLMModel
 from lmlab.models import EncoderConfig
-from lmlab.optimizers import OptimizerConfig, decay_mask, make_optimizer, make_schedule, ssm_mask
-from lmlab.trainer import create_train_state, make_train_step
+from lmlab.training.optimizers import OptimizerConfig, decay_mask, make_optimizer, make_schedule, ssm_mask
+from lmlab.training.trainer import create_train_state, make_train_step
 
 CONFIG = EncoderConfig(vocab_size=256, d_model=32, num_layers=2, num_heads=1, d_ff=48,
                        max_positions=32, mixer="bigs", norm_position="pre", ssm_state_size=8,

@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-from lmlab.seq2seq_inference import read_input_lines
+from lmlab.inference import read_input_lines
 
 # Small enough for 2 CPU cores; the batch divides the 8 fake devices.
 TINY_T5 = (

@@ -8,10 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from lmlab.encoder_decoder_model import DeletionRegularizer, EncoderDecoderModel
+from lmlab.wrappers.encoder_decoder import DeletionRegularizer, EncoderDecoderModel
 from lmlab.models.config import T5Config
-from lmlab.optimizers import OptimizerConfig, make_optimizer, make_schedule
-from lmlab.trainer import create_train_state, make_train_step
+from lmlab.training.optimizers import OptimizerConfig, make_optimizer, make_schedule
+from lmlab.training.trainer import create_train_state, make_train_step
 
 CONFIG = T5Config(vocab_size=128, d_model=32, num_heads=2, head_dim=16, d_ff=64,
                   num_encoder_layers=2, num_decoder_layers=1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lmlab import multihost
+from lmlab.training import multihost
 
 
 @pytest.mark.parametrize("environ, expected", [

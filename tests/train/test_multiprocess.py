@@ -24,10 +24,10 @@ import pytest
 
 from lmlab import main as cli
 from lmlab import runs
-from lmlab.optimizers import OptimizerConfig
-from lmlab.partitioning import MeshConfig, Partitioner
-from lmlab.run_config import DataConfig, TrainConfig
-from lmlab.trainer import Trainer
+from lmlab.training.optimizers import OptimizerConfig
+from lmlab.training.partitioning import MeshConfig, Partitioner
+from lmlab.training.config import DataConfig, TrainConfig
+from lmlab.training.trainer import Trainer
 
 STEPS = 3
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]

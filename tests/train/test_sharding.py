@@ -17,12 +17,12 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from lmlab import main as cli
-from lmlab.model_wrappers import MaskedLMModel
+from lmlab.wrappers.masked_lm import MaskedLMModel
 from lmlab.models import EncoderConfig
-from lmlab.optimizers import OptimizerConfig
-from lmlab.partitioning import DEFAULT_RULES, MeshConfig, Partitioner, per_device_bytes
-from lmlab.run_config import TrainConfig
-from lmlab.trainer import Trainer
+from lmlab.training.optimizers import OptimizerConfig
+from lmlab.training.partitioning import DEFAULT_RULES, MeshConfig, Partitioner, per_device_bytes
+from lmlab.training.config import TrainConfig
+from lmlab.training.trainer import Trainer
 
 CONFIG = EncoderConfig(vocab_size=256, d_model=32, num_layers=2, num_heads=2, d_ff=64,
                        max_positions=32, dropout_rate=0.0, attention_dropout_rate=0.0)

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lmlab.model_wrappers import MaskedLMModel
+from lmlab.wrappers.masked_lm import MaskedLMModel
 from lmlab.models import EncoderConfig
-from lmlab.optimizers import OptimizerConfig, decay_mask, make_optimizer, make_schedule
-from lmlab.trainer import create_train_state, make_train_step
+from lmlab.training.optimizers import OptimizerConfig, decay_mask, make_optimizer, make_schedule
+from lmlab.training.trainer import create_train_state, make_train_step
 
 CONFIG = EncoderConfig(vocab_size=256, d_model=32, num_layers=1, num_heads=2, d_ff=64,
                        max_positions=32, dropout_rate=0.0, attention_dropout_rate=0.0)

@@ -1,6 +1,6 @@
 """Fine-tuning rows and batches from GLUE/SuperGLUE task examples.
 
-The seqio tasks (``lmlab.data.glue_tasks``) yield one tokenized example at a
+The seqio tasks (``lmlab.glue.tasks``) yield one tokenized example at a
 time: ``inputs_a``/``inputs_b`` (each ending in EOS) for encoders,
 ``inputs``/``targets`` for text-to-text. This module turns them into
 fixed-shape numpy batches, one example per row (fine-tuning rows are never

@@ -2,7 +2,7 @@
 
 Per-row model outputs become one prediction per scored unit (an example, a
 MultiRC answer, a COPA example's choice, a ReCoRD query's entity), which the
-metrics (``lmlab.glue_metrics``) and leaderboard files take.
+metrics (``lmlab.glue.metrics``) and leaderboard files take.
 """
 
 from __future__ import annotations
@@ -11,15 +11,16 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-from lmlab import finetune_data, glue_metrics
-from lmlab.data import glue_spec
+from lmlab.glue import metrics as glue_metrics
+from lmlab.glue import rows as finetune_data
+from lmlab.glue import spec as glue_spec
 
 if TYPE_CHECKING:
-  from lmlab.finetune import Steps, TaskData
+  from lmlab.glue.finetune import Steps, TaskData
 
 
 def _postprocess(spec: glue_spec.TaskSpec, text: str):
-  from lmlab.data import glue_tasks  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  from lmlab.glue import tasks as glue_tasks  # pylint: disable=g-import-not-at-top  (TensorFlow)
   return glue_tasks.postprocess_prediction(spec, text)
 
 

@@ -1,10 +1,4 @@
-"""Model wrappers: loss, metrics and prediction around pure Flax networks.
-
-This is the T5X "models.py" role. The networks in ``lmlab.models`` only map
-tokens to logits; a wrapper knows which batch features a family consumes, how
-its loss is normalised and what its metrics are, so the trainer stays
-model-agnostic.
-"""
+"""Masked-language-model pretraining wrapper (BERT, MosaicBERT, crammed BERT, BiGS)."""
 
 from __future__ import annotations
 
@@ -15,56 +9,12 @@ import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
-import optax
 
 from lmlab.models import EncoderConfig, EncoderForMaskedLM
-
-Batch = Mapping[str, jnp.ndarray]
-Params = Any
+from lmlab.wrappers.base import (MASKED_LM, Batch, ModelWrapper, Params, metrics_from_sums,
+                                 weighted_cross_entropy)
 
 MLM_FEATURES = ("input_ids", "targets", "loss_weights", "segment_ids", "positions")
-
-
-def weighted_cross_entropy(logits: jnp.ndarray, targets: jnp.ndarray,
-                           weights: jnp.ndarray) -> dict[str, jnp.ndarray]:
-  """Summed token cross-entropy and accuracy over positions with weight > 0.
-
-  Sums (not means) are returned so that gradient accumulation and data
-  parallelism can add them up and normalise once by the total weight.
-  """
-  logits = logits.astype(jnp.float32)
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-  return {
-      "loss_sum": jnp.sum(losses * weights),
-      "correct_sum": jnp.sum(correct * weights),
-      "weight_sum": jnp.sum(weights),
-  }
-
-
-class ModelWrapper:
-  """What the trainer needs from a model family beyond ``init``/``loss_sums``.
-
-  ``loss_sums`` returns summed statistics: ``loss_sum`` (the reported loss),
-  ``weight_sum`` (its normaliser), ``correct_sum``, ``token_count`` and
-  optionally ``aux_loss_sum``, which is added to the training objective but
-  not to the reported loss (z-loss, MrT5's deletion penalty). A family with
-  state that is not trained by gradients (MrT5's PI controller) keeps it in
-  ``model_state``, which is checkpointed with the train state.
-  """
-
-  features: tuple[str, ...] = ()
-
-  def initial_model_state(self) -> dict[str, jnp.ndarray]:
-    return {}
-
-  def update_model_state(self, model_state: dict, sums: Mapping[str, jnp.ndarray]) -> dict:
-    del sums
-    return model_state
-
-  def metrics(self, sums: Mapping[str, Any]) -> dict[str, float]:
-    """Scalars to log from statistics summed over steps or batches."""
-    return metrics_from_sums(sums)
 
 
 @gin.configurable
@@ -72,6 +22,8 @@ class MaskedLMModel(ModelWrapper):
   """BERT-style masked-language-model pretraining around ``EncoderForMaskedLM``."""
 
   features = MLM_FEATURES
+  task_kind = MASKED_LM
+  inherited_prefixes = ("encoder",)
 
   def __init__(self, config: EncoderConfig = gin.REQUIRED,
                max_prediction_fraction: Optional[float] = None):
@@ -141,6 +93,23 @@ class MaskedLMModel(ModelWrapper):
     sums["token_count"] = jnp.sum(batch["segment_ids"] > 0).astype(jnp.float32)
     return sums
 
+  def check_run(self) -> None:
+    """The gathered MLM head must have room for every masked token."""
+    try:
+      mask_rate = gin.query_parameter("mlm_mask.mask_rate")
+    except ValueError:
+      mask_rate = 0.15  # mlm_mask's default
+    fraction = self.max_prediction_fraction
+    if fraction is not None and fraction < mask_rate:
+      raise ValueError(
+          f"MaskedLMModel.max_prediction_fraction={fraction} is below mlm_mask.mask_rate={mask_rate}: "
+          "masked tokens would be dropped from the loss. Raise max_prediction_fraction (e.g. to "
+          f"{mask_rate + 0.05:.2f}) or set it to None.")
+
+  def predict_batch(self, params: Params, batch: Batch) -> jnp.ndarray:
+    """The most likely token at every position."""
+    return jnp.argmax(self.apply(params, batch), axis=-1)
+
   def predict(self, params: Params, batch: Batch, top_k: int = 5) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Top-k token ids and their probabilities at every position."""
     logits = self.apply(params, batch)
@@ -153,14 +122,3 @@ class MaskedLMModel(ModelWrapper):
     if "dropped_predictions" in sums:
       scalars["dropped_predictions"] = float(sums["dropped_predictions"])
     return scalars
-
-
-def metrics_from_sums(sums: Mapping[str, Any]) -> dict[str, float]:
-  """Loss, accuracy and perplexity from summed statistics."""
-  weight = max(float(sums["weight_sum"]), 1e-9)
-  loss = float(sums["loss_sum"]) / weight
-  return {
-      "loss": loss,
-      "accuracy": float(sums["correct_sum"]) / weight,
-      "perplexity": math.exp(min(loss, 50.0)),
-  }

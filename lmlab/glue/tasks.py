@@ -1,6 +1,6 @@
 """seqio tasks for every GLUE and SuperGLUE task, in encoder and text-to-text formats.
 
-For each spec ``s`` of ``lmlab.data.glue_spec.TASKS`` (read from TFDS):
+For each spec ``s`` of ``lmlab.glue.spec.TASKS`` (read from TFDS):
 
 * ``lmlab.<s>`` / ``lmlab.<s>_bytes``: encoder format (8k SentencePiece /
   UTF-8 bytes). Features ``inputs_a``, ``inputs_b`` (sentence A and B, each
@@ -43,9 +43,10 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from lmlab import glue_metrics
-from lmlab.data import glue_spec, vocabularies
-from lmlab.data.glue_spec import TaskSpec
+from lmlab.glue import metrics as glue_metrics
+from lmlab.data import vocabularies
+from lmlab.glue import spec as glue_spec
+from lmlab.glue.spec import TaskSpec
 
 ANSWER_SEPARATOR = "\x1f"
 MULTIRC_QUESTIONS_PER_PARAGRAPH = 1000
@@ -327,7 +328,7 @@ def _register(spec: TaskSpec, fmt: str) -> str:
   if name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)
   # Text-to-text tasks carry their official metrics for seqio's evaluator; encoder-format
-  # rows are scored by lmlab.finetune, which owns the heads that make their predictions.
+  # rows are scored by lmlab.glue.finetune, which owns the heads that make their predictions.
   evaluation = dict(postprocess_fn=seqio_postprocessor(spec),
                     metric_fns=[glue_metrics.seqio_metric_fn(spec)]) if text_to_text else {}
   seqio.TaskRegistry.add(

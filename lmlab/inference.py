@@ -16,7 +16,7 @@ import gin
 import jax
 import numpy as np
 
-from lmlab.encoder_decoder_model import DECODE_METHODS, EncoderDecoderModel
+from lmlab.wrappers.encoder_decoder import DECODE_METHODS, EncoderDecoderModel
 
 logger = logging.getLogger(__name__)
 

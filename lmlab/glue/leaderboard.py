@@ -6,7 +6,7 @@ prediction is the class id (CoLA, SST-2, MRPC, QQP, WNLI), the class name
 (MNLI, QNLI, RTE, AX) or the score (STS-B). SuperGLUE (super.gluebenchmark.com)
 takes one JSON-lines file per task, ``<Name>.jsonl``, each line
 ``{"idx": ..., "label": ...}`` with the label written as that task expects
-(``lmlab.data.glue_spec.label_to_submission``); MultiRC nests answers under
+(``lmlab.glue.spec.label_to_submission``); MultiRC nests answers under
 questions under paragraphs. Both leaderboards take a zip of these files.
 """
 
@@ -17,7 +17,7 @@ import json
 import os
 from typing import Mapping, Sequence
 
-from lmlab.data.glue_spec import GLUE, TaskSpec, label_to_submission
+from lmlab.glue.spec import GLUE, TaskSpec, label_to_submission
 
 
 def _write_glue_tsv(path: str, spec: TaskSpec, idx: Sequence[int], labels: Sequence) -> None:

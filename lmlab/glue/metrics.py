@@ -1,6 +1,6 @@
 """Official GLUE and SuperGLUE metrics, candidate aggregation and multi-seed statistics.
 
-Every metric named in ``lmlab.data.glue_spec`` (``TaskSpec.metrics``) is
+Every metric named in ``lmlab.glue.spec`` (``TaskSpec.metrics``) is
 computed here, so the fine-tuning loop, the seqio tasks and the summaries all
 score a task the same way. Scores are percentages (0-100), as both
 leaderboards print them.
@@ -44,7 +44,7 @@ import numpy as np
 import scipy.stats
 from sklearn import metrics as sk_metrics
 
-from lmlab.data.glue_spec import TaskSpec
+from lmlab.glue.spec import TaskSpec
 
 # Every metric name a TaskSpec may list, and what it measures.
 METRICS: dict[str, str] = {

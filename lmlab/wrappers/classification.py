@@ -1,14 +1,14 @@
 """Fine-tuning wrapper: a task head on a pretrained encoder, BiGS or T5 encoder (EncT5).
 
-One wrapper serves every GLUE/SuperGLUE task kind (``lmlab.data.glue_spec``):
+One wrapper serves every task kind of a labelled-example task (``HeadSpec``):
 
 * ``classification``: softmax cross-entropy over ``spec.num_classes`` logits.
 * ``regression`` (STS-B): squared error of one output against the score.
 * candidate kinds (COPA, MultiRC, ReCoRD): each row is one candidate with a
   0/1 label, trained with a sigmoid cross-entropy on one logit; the metrics
-  code picks the best-scoring candidate per group (``lmlab.glue_metrics``).
+  code picks the best-scoring candidate per group (``lmlab.glue.metrics``).
 
-Batches (built by ``lmlab.finetune``) hold one example per row, unpacked:
+Batches (built by ``lmlab.glue.finetune``) hold one example per row, unpacked:
 ``input_ids``, ``token_type_ids`` (sentence A = 0, B = 1), ``segment_ids``
 (1 on real tokens, 0 on padding), ``positions``, ``label`` and ``weight``
 (0 on filler rows that only complete the last batch).
@@ -16,17 +16,27 @@ Batches (built by ``lmlab.finetune``) hold one example per row, unpacked:
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional, Protocol, Union
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from lmlab.data.glue_spec import TaskSpec
-from lmlab.model_wrappers import Batch, ModelWrapper, Params
+from lmlab.wrappers.base import CLASSIFICATION, Batch, ModelWrapper, Params
 from lmlab.models import EncoderConfig, EncoderForSequenceClassification
 from lmlab.models.config import T5Config
 from lmlab.models.encoder_decoder import EncT5Classifier
+
+class HeadSpec(Protocol):
+  """What a head needs to know of its task (``lmlab.glue.spec.TaskSpec`` is one).
+
+  ``kind``: ``classification``, ``regression``, or a candidate kind
+  (``multiple_choice``, ``answer_scoring``, ``entity_ranking``) scored by one
+  logit per row. ``num_classes``: the head's width.
+  """
+  kind: str
+  num_classes: int
+
 
 FEATURES = ("input_ids", "token_type_ids", "segment_ids", "positions", "label", "weight")
 POOLINGS = ("mean", "cls")
@@ -41,8 +51,9 @@ class ClassificationModel(ModelWrapper):
   """
 
   features = FEATURES
+  task_kind = CLASSIFICATION
 
-  def __init__(self, config: Union[EncoderConfig, T5Config], spec: TaskSpec,
+  def __init__(self, config: Union[EncoderConfig, T5Config], spec: HeadSpec,
                pooling: str = "mean"):
     """Args:
       config: The pretrained network's hyper-parameters (vocab_size set).
@@ -58,6 +69,10 @@ class ClassificationModel(ModelWrapper):
     self.config = config
     self.spec = spec
     self.pooling = pooling
+
+  @property
+  def inherited_prefixes(self) -> tuple[str, ...]:
+    return ("token_embedder", "encoder", "decoder") if self.is_t5 else ("encoder",)
 
   @property
   def is_t5(self) -> bool:
@@ -116,7 +131,7 @@ class ClassificationModel(ModelWrapper):
         "token_count": jnp.sum(batch["segment_ids"] > 0).astype(jnp.float32),
     }
 
-  def predict(self, params: Params, batch: Batch) -> jnp.ndarray:
+  def predict_batch(self, params: Params, batch: Batch) -> jnp.ndarray:
     """Per row: the class id (classification), the score (regression) or the candidate logit."""
     logits = self.apply(params, batch)
     if self.spec.kind == "classification":

@@ -1,8 +1,8 @@
 """What each GLUE and SuperGLUE task is: data, labels, metrics and leaderboard file.
 
 Pure Python (no TensorFlow), the single table that the seqio task
-registrations (``lmlab.data.glue_tasks``), the metrics
-(``lmlab.glue_metrics``) and the fine-tuning run (``lmlab.finetune``) all
+registrations (``lmlab.glue.tasks``), the metrics
+(``lmlab.glue.metrics``) and the fine-tuning run (``lmlab.glue.finetune``) all
 read. Facts follow the benchmarks' own definitions: the TFDS builder configs
 ``glue/*`` and ``super_glue/*`` (label order = TFDS ``ClassLabel`` order, so
 label ids round-trip through TFDS), the official metrics per task, and the
@@ -47,7 +47,7 @@ class TaskSpec:
       them (first = sentence A, second = sentence B).
     label_names: Class names in TFDS label-id order; empty for regression and
       ReCoRD.
-    metrics: Official metric names (see ``lmlab.glue_metrics.METRICS``).
+    metrics: Official metric names (see ``lmlab.glue.metrics.METRICS``).
     main_metric: The one used to keep the best checkpoint; for tasks with two
       metrics it is their mean, named ``"average"`` as on the leaderboards.
     train_split, validation_splits, test_splits: TFDS split names. Diagnostic

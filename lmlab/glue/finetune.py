@@ -1,9 +1,9 @@
 """``--run_mode=finetune``: GLUE/SuperGLUE fine-tuning from a pretraining checkpoint.
 
 For each task and seed: build the task head on the pretrained network
-(``lmlab.classification_model`` for encoders, BiGS and EncT5; the T5 wrapper
+(``lmlab.wrappers.classification`` for encoders, BiGS and EncT5; the T5 wrapper
 itself for text-to-text), copy the pretrained parameters in
-(``lmlab.pretrained``), train with the task's hyper-parameters, score the
+(``lmlab.training.pretrained``), train with the task's hyper-parameters, score the
 validation split(s) with the official metrics every ``eval_every`` steps,
 keep the best checkpoint by the task's main metric, then predict the test
 split(s) with it and write leaderboard files. Several seeds give a mean and a
@@ -36,16 +36,19 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lmlab import finetune_data, glue_metrics, leaderboard, pretrained
-from lmlab.finetune_eval import predict_split, resolve_predictions, validate
-from lmlab.classification_model import ClassificationModel
-from lmlab.data import glue_spec
-from lmlab.encoder_decoder_model import EncoderDecoderModel
+from lmlab.glue import leaderboard
+from lmlab.glue import metrics as glue_metrics
+from lmlab.glue import rows as finetune_data
+from lmlab.training import pretrained
+from lmlab.glue.evaluation import predict_split, resolve_predictions, validate
+from lmlab.wrappers.classification import ClassificationModel
+from lmlab.glue import spec as glue_spec
+from lmlab.wrappers.encoder_decoder import EncoderDecoderModel
 from lmlab.models import EncoderConfig
 from lmlab.models.config import T5Config
-from lmlab.optimizers import OptimizerConfig, make_optimizer, make_schedule
-from lmlab.partitioning import Partitioner
-from lmlab.trainer import TrainState, make_train_step, state_shardings
+from lmlab.training.optimizers import OptimizerConfig, make_optimizer, make_schedule
+from lmlab.training.partitioning import Partitioner
+from lmlab.training.trainer import TrainState, make_train_step, state_shardings
 
 logger = logging.getLogger(__name__)
 HEADS = ("auto", "classifier", "enct5", "text_to_text")
@@ -158,7 +161,7 @@ def _resolve_head(config: FinetuneConfig) -> str:
 
 def _glue_tasks():
   # Imported lazily: it pulls in TensorFlow and registers the tasks.
-  from lmlab.data import glue_tasks  # pylint: disable=g-import-not-at-top
+  from lmlab.glue import tasks as glue_tasks  # pylint: disable=g-import-not-at-top
   return glue_tasks
 
 
@@ -286,7 +289,7 @@ class Steps:
       predict = lambda params, batch: model.predict(
           params, batch["encoder_input_tokens"], max_decode_length=config.target_length).tokens
     else:
-      predict = model.predict
+      predict = model.predict_batch
     self._predict = p.jit(predict, in_shardings=(self.shardings.params, None),
                           out_shardings=p.replicated())
 

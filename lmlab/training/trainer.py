@@ -1,11 +1,11 @@
 """Train state, jitted train/eval steps and the training loop.
 
-The loop is model-agnostic: it asks a model wrapper (``lmlab.model_wrappers``)
+The loop is model-agnostic: it asks a model wrapper (``lmlab.wrappers.base``)
 for summed loss statistics, normalises once per optimizer step by the total
 loss weight (so gradient accumulation and data parallelism give the same
 update as one big batch on one device), leaves placement on devices to a
-``lmlab.partitioning.Partitioner`` and checkpoint mechanics to
-``lmlab.checkpointing``.
+``lmlab.training.partitioning.Partitioner`` and checkpoint mechanics to
+``lmlab.training.checkpointing``.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ import numpy as np
 import optax
 import tqdm
 
-from lmlab import checkpointing
-from lmlab.metric_logging import MetricLogger
-from lmlab.model_wrappers import metrics_from_sums
-from lmlab.optimizers import OptimizerConfig, make_optimizer, make_schedule
-from lmlab.partitioning import Partitioner, with_shardings
-from lmlab.run_config import TrainConfig
+from lmlab.training import checkpointing
+from lmlab.training.metric_logging import MetricLogger
+from lmlab.wrappers.base import metrics_from_sums
+from lmlab.training.optimizers import OptimizerConfig, make_optimizer, make_schedule
+from lmlab.training.partitioning import Partitioner, with_shardings
+from lmlab.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 Batch = Mapping[str, np.ndarray]

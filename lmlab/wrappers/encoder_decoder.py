@@ -4,7 +4,7 @@ The network (``lmlab.models.encoder_decoder``) maps tokens to logits; this
 wrapper knows the encoder–decoder batch features, how the loss is summed,
 MrT5's deletion regulariser and the PI controller that steers its weight, and
 how to turn the network into a ``tokens_to_logits`` function for
-``lmlab.decoding`` (with or without a key/value cache, and with MrT5's hard
+``lmlab.wrappers.decoding`` (with or without a key/value cache, and with MrT5's hard
 deletion at inference).
 """
 
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmlab.model_wrappers import ModelWrapper, metrics_from_sums, weighted_cross_entropy
+from lmlab.wrappers.base import SEQ2SEQ, ModelWrapper, metrics_from_sums, weighted_cross_entropy
 from lmlab.models.byte_level import keep_tokens
 from lmlab.models.config import T5Config
 from lmlab.models.encoder_decoder import EncoderDecoder
@@ -78,6 +78,8 @@ class EncoderDecoderModel(ModelWrapper):
   """Span-corruption / denoising pretraining and decoding around ``EncoderDecoder``."""
 
   features = ENC_DEC_FEATURES
+  task_kind = SEQ2SEQ
+  inherited_prefixes = ("token_embedder", "encoder", "decoder")
 
   def __init__(self, config: T5Config = gin.REQUIRED, z_loss: float = 1e-4,
                deletion: Optional[DeletionRegularizer] = None):
@@ -255,6 +257,14 @@ class EncoderDecoderModel(ModelWrapper):
       cache["encoder_gate"] = gate
     return cache
 
+  def predict_batch(self, params: Params, batch: Batch, max_decode_length: int = 64) -> jnp.ndarray:
+    """Greedy decodes of a batch's ``encoder_input_tokens`` (jittable; no hard deletion)."""
+    ids = jnp.asarray(batch["encoder_input_tokens"], jnp.int32)
+    segment_ids = (ids != self.config.pad_id).astype(jnp.int32)
+    encoded, gate = self.module.apply({"params": params}, ids, method="encode")
+    return _decode(self, params, encoded, segment_ids, gate, max_decode_length, "greedy", 1, 0.0,
+                   1.0, 0, 1.0, jax.random.PRNGKey(0), True).tokens
+
   def predict(self, params: Params, encoder_input_tokens, *, max_decode_length: int = 64,
               method: str = "greedy", beam_size: int = 4, length_penalty_alpha: float = 0.6,
               temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -277,7 +287,7 @@ class EncoderDecoderModel(ModelWrapper):
       hard_delete: MrT5: remove deleted tokens before the upper encoder.
 
     Returns:
-      A ``lmlab.decoding.DecodeResult``; beam search gives ``[batch, beam, len]``
+      A ``lmlab.wrappers.decoding.DecodeResult``; beam search gives ``[batch, beam, len]``
       tokens, best beam first.
     """
     if method not in DECODE_METHODS:
@@ -291,7 +301,7 @@ class EncoderDecoderModel(ModelWrapper):
 @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9, 10, 11, 13))
 def _decode(model: EncoderDecoderModel, params, encoded, segment_ids, gate, max_decode_length,
             method, beam_size, length_penalty_alpha, temperature, top_k, top_p, rng, use_cache):
-  from lmlab import decoding  # pylint: disable=g-import-not-at-top  (only needed to decode)
+  from lmlab.wrappers import decoding  # pylint: disable=g-import-not-at-top  (only needed to decode)
   cfg = model.config
   cache = model.initial_cache(params, encoded, segment_ids, gate, max_decode_length,
                               use_cache=use_cache)
