@@ -9,7 +9,7 @@ is what lets gin reject a misspelt name at parse time.
 import gin
 
 from lmlab import inference, runs  # noqa: F401  (registers)
-from lmlab.glue import finetune  # noqa: F401  (registers)
+from lmlab.glue import config as finetune_config  # noqa: F401  (registers)
 from lmlab.training import config, optimizers, partitioning  # noqa: F401  (registers)
 from lmlab.wrappers import encoder_decoder, masked_lm  # noqa: F401  (registers)
 from lmlab.data import preprocessors, tasks  # noqa: F401  (registers preprocessors and tasks)

@@ -15,7 +15,8 @@ import gin
 import jax
 import numpy as np
 
-from lmlab.wrappers.masked_lm import MaskedLMModel, ModelWrapper
+from lmlab.wrappers.base import MASKED_LM, SEQ2SEQ, ModelWrapper
+from lmlab.wrappers.masked_lm import MaskedLMModel
 from lmlab.training.optimizers import OptimizerConfig
 from lmlab.training.config import DataConfig, TrainConfig
 from lmlab.inference import run_seq2seq_infer
@@ -180,7 +181,7 @@ def run(run_mode: str = "train", model: Optional[ModelWrapper] = None):
   """Runs one mode with the gin-bound DataConfig, TrainConfig and OptimizerConfig (finetune: FinetuneConfig)."""
   if run_mode not in RUN_MODES:
     raise ValueError(f"Unknown run_mode {run_mode!r}; choose one of {RUN_MODES}.")
-  if run_mode == "finetune":  # configured by FinetuneConfig alone
+  if run_mode == "finetune":  # FinetuneConfig + TrainConfig + OptimizerConfig
     from lmlab.glue import finetune  # pylint: disable=g-import-not-at-top
     return finetune.run_finetune()
   data, config = DataConfig(), TrainConfig()

@@ -7,16 +7,17 @@ metrics (``lmlab.glue.metrics``) and leaderboard files take.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from lmlab.glue import metrics as glue_metrics
 from lmlab.glue import rows as finetune_data
 from lmlab.glue import spec as glue_spec
+from lmlab.glue.task_data import TaskData, local_rows
 
-if TYPE_CHECKING:
-  from lmlab.glue.finetune import Steps, TaskData
+# Per-row predictions of a global batch, from this process's rows of it.
+Predict = Callable[[Any, dict], np.ndarray]
 
 
 def _postprocess(spec: glue_spec.TaskSpec, text: str):
@@ -24,16 +25,14 @@ def _postprocess(spec: glue_spec.TaskSpec, text: str):
   return glue_tasks.postprocess_prediction(spec, text)
 
 
-
-
-def predict_split(steps: "Steps", params, data: "TaskData", split: str,
+def predict_split(predict: Predict, params, data: TaskData, split: str, batch_size: int,
                   limit: Optional[int]) -> tuple[list, dict[str, list]]:
   """Raw per-row predictions of a split, and the rows' meta features."""
   log = finetune_data.TruncationLog(f"{data.spec.name}/{split}")
   outputs, metas = [], []
-  for batch, meta in data.batches(split, data.config.eval_batch_size, log, shuffle=False, seed=0,
-                                  repeat=False, limit=limit):
-    raw = steps.predict(params, batch)[:len(meta)]
+  for batch, meta in data.batches(split, batch_size, log, shuffle=False, seed=0, repeat=False,
+                                  limit=limit):
+    raw = predict(params, local_rows(batch))[:len(meta)]
     if data.text_to_text:
       raw = [data.vocabulary.decode([int(t) for t in row if t > 0]) for row in raw]
       raw = [_postprocess(data.spec, text) for text in raw]
@@ -90,11 +89,12 @@ def score(spec: glue_spec.TaskSpec, resolved: dict, split: str) -> dict[str, flo
                               split=split)
 
 
-def validate(steps: "Steps", params, data: "TaskData") -> dict[str, float]:
+def validate(predict: Predict, params, data: TaskData, batch_size: int) -> dict[str, float]:
   """Official metrics over every validation split, and ``main`` (the task's main metric)."""
   scores: dict[str, float] = {}
   for split in data.spec.validation_splits:
-    outputs, meta = predict_split(steps, params, data, split, data.config.max_eval_examples)
+    outputs, meta = predict_split(predict, params, data, split, batch_size,
+                                  data.config.max_eval_examples)
     scores.update(score(data.spec, resolve_predictions(data.spec, outputs, meta, data.text_to_text),
                         split))
   scores["main"] = glue_metrics.main_score(data.spec, scores)

@@ -1,4 +1,12 @@
-"""Checkpoints: train state and data-iterator position, saved atomically by orbax.
+"""The one owner of lmlab's checkpoint layout, used by every run mode.
+
+Under a run's ``MODEL_DIR``::
+
+  checkpoints/<step>/state   the whole train state (orbax)
+  checkpoints/<step>/data    this process's data position (tf.train.Checkpoint)
+  corrupt_checkpoints/       steps that failed to load, moved aside (never deleted)
+  best/<step>/params         parameters of the best evaluation so far (fine-tuning)
+  best.json                  its step, metric name and score
 
 A checkpoint is one orbax step directory with two items:
 * ``state``: the train state pytree (params, optimizer state, step, RNG key
@@ -16,13 +24,15 @@ never overwritten) and the previous step is tried.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
 import time
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 import tensorflow as tf
 from etils import epath
@@ -146,3 +156,125 @@ class Checkpointer:
                    "falling back to the previous checkpoint.", step, type(error).__name__,
                    str(error).splitlines()[0] if str(error) else "", target)
     self._manager.reload()
+
+
+# ---------------------------------------------------------------------------
+# Parameters only: initialising from another run, and the best checkpoint.
+
+
+def checkpoint_dir(model_dir: str) -> str:
+  return os.path.join(model_dir, "checkpoints")
+
+
+def latest_step(model_dir: str) -> Optional[int]:
+  """The newest finished checkpoint step of the run in ``model_dir`` (None if there is none)."""
+  directory = checkpoint_dir(model_dir)
+  if not os.path.isdir(directory):
+    return None
+  steps = [int(name) for name in os.listdir(directory)
+           if name.isdigit() and os.path.isdir(os.path.join(directory, name, "state"))]
+  return max(steps) if steps else None
+
+
+def _to_numpy(tree: Any) -> Any:
+  if isinstance(tree, Mapping):
+    return {k: _to_numpy(v) for k, v in tree.items()}
+  return np.asarray(tree)
+
+
+def load_params(model_dir: str, step: Optional[int] = None, *,
+                what: str = "FinetuneConfig.init_checkpoint_dir") -> tuple[int, dict]:
+  """``(step, params)`` of the run in ``model_dir`` (newest step by default), as host numpy arrays.
+
+  Only the parameters are returned; the optimizer state is read but dropped,
+  so any optimizer configuration can start from them.
+
+  Raises:
+    FileNotFoundError: ``model_dir`` has no checkpoint (or not ``step``).
+    ValueError: The checkpoint cannot be read (corrupt or not an lmlab state).
+  """
+  if not os.path.isdir(model_dir):
+    raise FileNotFoundError(f"Model directory {model_dir} does not exist: point {what} at the "
+                            "MODEL_DIR of an lmlab run.")
+  step = latest_step(model_dir) if step is None else step
+  path = os.path.join(checkpoint_dir(model_dir), str(step), "state")
+  if step is None or not os.path.isdir(path):
+    raise FileNotFoundError(f"No checkpoint{'' if step is None else f' at step {step}'} in "
+                            f"{checkpoint_dir(model_dir)}: pretrain first (--run_mode=train) or "
+                            f"point {what} at a run that has one.")
+  try:
+    state = ocp.StandardCheckpointer().restore(path)
+  except Exception as error:  # noqa: BLE001 - orbax raises many types for unreadable data
+    raise ValueError(f"Checkpoint {path} cannot be read ({type(error).__name__}: {error}); it may "
+                     "be corrupt or incomplete. Pick another step (e.g. "
+                     "FinetuneConfig.init_checkpoint_step).") from error
+  if not isinstance(state, Mapping) or "params" not in state:
+    raise ValueError(f"Checkpoint {path} holds no 'params': it is not an lmlab train state.")
+  return int(step), _to_numpy(state["params"])
+
+
+def best_dir(model_dir: str) -> str:
+  return os.path.join(model_dir, "best")
+
+
+def _best_manager(model_dir: str) -> ocp.CheckpointManager:
+  """Orbax keeps the one best step under ``best/`` by its recorded score (higher is better)."""
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=1, best_fn=lambda metrics: metrics["score"], best_mode="max",
+      keep_checkpoints_without_metrics=False, create=True, enable_async_checkpointing=False)
+  return ocp.CheckpointManager(best_dir(model_dir), options=options, item_names=("params",))
+
+
+def read_best(model_dir: str) -> Optional[dict]:
+  """``{"step", "metric", "score"}`` of the best checkpoint so far, or None."""
+  path = os.path.join(model_dir, "best.json")
+  if not os.path.exists(path) or not os.path.isdir(best_dir(model_dir)):
+    return None
+  with open(path, encoding="utf-8") as f:
+    best = json.load(f)
+  return best if os.path.isdir(os.path.join(best_dir(model_dir), str(best["step"]))) else None
+
+
+def save_best(model_dir: str, step: int, metric: str, score: float, params: Any) -> None:
+  """Makes ``params`` the best checkpoint (collective: every process calls it).
+
+  Orbax writes the new step atomically and only then drops the old one;
+  ``best.json`` names the step and its score.
+  """
+  manager = _best_manager(model_dir)
+  manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
+               metrics={"score": float(score)}, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  if jax.process_index() == 0:
+    write_json(os.path.join(model_dir, "best.json"),
+               {"step": int(step), "metric": metric, "score": float(score)})
+
+
+def restore_best(model_dir: str, like: Any) -> Any:
+  """The best parameters, placed like the arrays of ``like`` (same shardings)."""
+  best = read_best(model_dir)
+  if best is None:
+    raise FileNotFoundError(f"No best checkpoint in {best_dir(model_dir)}.")
+  abstract = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
+  manager = _best_manager(model_dir)
+  restored = manager.restore(best["step"], args=ocp.args.Composite(
+      params=ocp.args.StandardRestore(abstract)))
+  manager.close()
+  return restored["params"]
+
+
+def write_json(path: str, value: Any) -> None:
+  """Writes JSON atomically (temporary file, then rename)."""
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(value, f, indent=2, default=float)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)

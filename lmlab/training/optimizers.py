@@ -46,6 +46,8 @@ class OptimizerConfig:
       and 10k steps this is T5's ``1/sqrt(max(step, 10^4))``).
     warmup_steps: Linear warmup from 0 to the peak (``rsqrt``: the constant
       phase).
+    warmup_fraction: If set, the warmup is this fraction of the run's steps
+      instead of ``warmup_steps`` (fine-tuning recipes state it this way).
     end_lr_fraction: Final learning rate as a fraction of the peak.
     weight_decay: Decoupled weight decay (not applied to biases or norms).
     b1: Adam first-moment decay.
@@ -67,6 +69,7 @@ class OptimizerConfig:
   learning_rate: float = 1e-3
   schedule: str = "linear"
   warmup_steps: int = 0
+  warmup_fraction: Optional[float] = None
   end_lr_fraction: float = 0.0
   weight_decay: float = 0.01
   b1: float = 0.9
@@ -84,6 +87,9 @@ class OptimizerConfig:
       raise ValueError(f"OptimizerConfig.optimizer={self.optimizer!r} is not one of {OPTIMIZERS}.")
     if self.schedule not in SCHEDULES:
       raise ValueError(f"OptimizerConfig.schedule={self.schedule!r} is not one of {SCHEDULES}.")
+    if self.warmup_fraction is not None and not 0.0 <= self.warmup_fraction < 1.0:
+      raise ValueError("OptimizerConfig.warmup_fraction must be in [0, 1), got "
+                       f"{self.warmup_fraction}.")
     if self.warmup_steps < 0 or self.learning_rate <= 0:
       raise ValueError("OptimizerConfig needs learning_rate > 0 and warmup_steps >= 0, got "
                        f"learning_rate={self.learning_rate}, warmup_steps={self.warmup_steps}.")
@@ -95,6 +101,8 @@ class OptimizerConfig:
 def make_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
   """Learning rate as a function of the step: warmup, then the chosen decay."""
   peak, warmup = config.learning_rate, config.warmup_steps
+  if config.warmup_fraction is not None:
+    warmup = int(round(config.warmup_fraction * total_steps))
   decay_steps = max(total_steps - warmup, 1)
   floor = peak * config.end_lr_fraction
   if config.schedule == "linear":

@@ -1,9 +1,8 @@
-"""Starting a fine-tune from a pretraining run: read its parameters, graft them onto a new model.
+"""Starting a run from another run's parameters: graft them onto a new model.
 
-A pretraining MODEL_DIR holds orbax checkpoints ``checkpoints/<step>/state``
-of the whole train state. Fine-tuning needs only the parameters, and only
-those the new model shares with the pretrained one: the encoder (and, for
-T5, the embedding and decoder) are copied, task heads are created fresh, and
+``lmlab.training.checkpointing.load_params`` reads a run's parameters.
+Fine-tuning needs only those the new model shares with the pretrained one:
+the encoder (and, for T5, the embedding and decoder) are copied, task heads are created fresh, and
 pretraining-only parts (MLM head, vocabulary projection, decoder layers an
 EncT5 head drops) are left behind. Anything that does not fit is an error
 naming the parameter, before any training starts.
@@ -12,57 +11,12 @@ naming the parameter, before any training starts.
 from __future__ import annotations
 
 import logging
-import os
-from typing import Any, Mapping, Optional
+from typing import Mapping
 
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import traverse_util
 
 logger = logging.getLogger(__name__)
-
-
-def latest_checkpoint_step(model_dir: str) -> Optional[int]:
-  """The newest finished checkpoint step under ``model_dir/checkpoints`` (None if there is none)."""
-  directory = os.path.join(model_dir, "checkpoints")
-  if not os.path.isdir(directory):
-    return None
-  steps = [int(name) for name in os.listdir(directory)
-           if name.isdigit() and os.path.isdir(os.path.join(directory, name, "state"))]
-  return max(steps) if steps else None
-
-
-def load_pretrained_params(model_dir: str, step: Optional[int] = None) -> tuple[int, dict]:
-  """``(step, params)`` of a pretraining run, as host numpy arrays.
-
-  Raises:
-    FileNotFoundError: ``model_dir`` has no checkpoint (or not ``step``).
-    ValueError: The checkpoint cannot be read (corrupt or not an lmlab state).
-  """
-  if not os.path.isdir(model_dir):
-    raise FileNotFoundError(f"Pretrained model directory {model_dir} does not exist: point "
-                            "FinetuneConfig.init_checkpoint_dir at a pretraining MODEL_DIR.")
-  step = latest_checkpoint_step(model_dir) if step is None else step
-  path = os.path.join(model_dir, "checkpoints", str(step), "state")
-  if step is None or not os.path.isdir(path):
-    raise FileNotFoundError(f"No checkpoint{'' if step is None else f' at step {step}'} in "
-                            f"{model_dir}/checkpoints: pretrain first (--run_mode=train) or "
-                            "point FinetuneConfig.init_checkpoint_dir at a run that has one.")
-  try:
-    state = ocp.StandardCheckpointer().restore(path)
-  except Exception as error:  # noqa: BLE001 - orbax raises many types for unreadable data
-    raise ValueError(f"Checkpoint {path} cannot be read ({type(error).__name__}: {error}); it may "
-                     "be corrupt or incomplete. Pick another step with "
-                     "FinetuneConfig.init_checkpoint_step.") from error
-  if not isinstance(state, Mapping) or "params" not in state:
-    raise ValueError(f"Checkpoint {path} holds no 'params': it is not an lmlab train state.")
-  return int(step), _to_numpy(state["params"])
-
-
-def _to_numpy(tree: Any) -> Any:
-  if isinstance(tree, Mapping):
-    return {k: _to_numpy(v) for k, v in tree.items()}
-  return np.asarray(tree)
 
 
 def graft_pretrained(fresh: Mapping, pretrained: Mapping, *, required_prefixes: tuple[str, ...],

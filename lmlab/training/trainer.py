@@ -1,4 +1,4 @@
-"""Train state, jitted train/eval steps and the training loop.
+"""Train state, jitted train/eval/predict steps and THE training loop of every run mode.
 
 The loop is model-agnostic: it asks a model wrapper (``lmlab.wrappers.base``)
 for summed loss statistics, normalises once per optimizer step by the total
@@ -6,16 +6,27 @@ loss weight (so gradient accumulation and data parallelism give the same
 update as one big batch on one device), leaves placement on devices to a
 ``lmlab.training.partitioning.Partitioner`` and checkpoint mechanics to
 ``lmlab.training.checkpointing``.
+
+Pretraining, fine-tuning and evaluation differ only in what they hand the
+``Trainer``: an ``init_params`` function (a fine-tune grafts pretrained
+parameters onto a fresh head), a ``validate`` function scoring the
+parameters with a task's own metrics (the best score's parameters are kept),
+and a data source that can start at any step (so a resumed run sees exactly
+the batches an uninterrupted one would).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import logging
 import math
 import os
+import signal
+import threading
 import time
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
 import flax
 import flax.linen as nn
@@ -38,6 +49,16 @@ Batch = Mapping[str, np.ndarray]
 
 class NonFiniteLossError(RuntimeError):
   """Training produced a NaN or infinite loss."""
+
+
+class PreemptedError(RuntimeError):
+  """The run was asked to stop (SIGTERM) and saved a checkpoint to resume from."""
+
+  def __init__(self, step: int, directory: str):
+    super().__init__(
+        f"preempted (SIGTERM): stopped after step {step} and saved a checkpoint in {directory}. "
+        "Run the same command again to resume from it.")
+    self.step = step
 
 
 @flax.struct.dataclass
@@ -142,6 +163,43 @@ def make_eval_step(model) -> Callable[[Any, Batch], dict]:
   return lambda params, batch: model.loss_sums(params, batch)
 
 
+class _StopSignal:
+  """Turns SIGTERM (TPU/SLURM preemption, ``docker stop``) into a flag the loop polls.
+
+  Installed only in the main thread and only while ``Trainer.train`` runs;
+  the previous handler is restored afterwards.
+  """
+
+  def __init__(self):
+    self.requested = False
+
+  @contextlib.contextmanager
+  def installed(self):
+    if threading.current_thread() is not threading.main_thread():
+      yield self
+      return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum, frame):
+      del signum, frame
+      if not self.requested:
+        logger.warning("SIGTERM received: finishing this step, then saving a checkpoint.")
+      self.requested = True
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+      yield self
+    finally:
+      signal.signal(signal.SIGTERM, previous)
+
+  def agreed(self) -> bool:
+    """Whether any process was asked to stop (a collective with several processes)."""
+    if jax.process_count() == 1:
+      return self.requested
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(self.requested))))
+
+
 def _all_processes_have_batch(has_batch: bool) -> bool:
   """Whether every process still has an eval batch (a collective; trivially local on one)."""
   if jax.process_count() == 1:
@@ -202,22 +260,41 @@ class TrainSummary:
   final_eval: Optional[dict]
   checkpoint_step: Optional[int]
   tokens_per_second: float
+  validation_history: list = dataclasses.field(default_factory=list)
+  best: Optional[dict] = None
+
+
+# A data source: an iterator of batches, or a function giving the batches from a step on.
+BatchSource = Union[Iterator[Batch], Callable[[int], Iterator[Batch]]]
 
 
 class Trainer:
-  """Runs pretraining: init or resume, step, log, evaluate, checkpoint.
+  """Runs any mode's training: init or resume, step, log, evaluate, keep the best, checkpoint.
 
   Arrays live where ``partitioner`` says (default: ``Partitioner()``, the gin-bound
   ``MeshConfig``). The state is created directly in its shards, steps are jitted
   with explicit input and output shardings, and batches arrive as this
   process's rows and are assembled into global arrays.
+
+  Args:
+    model: A ``ModelWrapper``.
+    optimizer_config: Optimizer and schedule.
+    config: Loop, evaluation and checkpoint settings; ``config.model_dir`` is
+      this run's directory.
+    partitioner: Device mesh and sharding rules.
+    init_params: Where a run without a checkpoint starts (T5X's "restore
+      config"): called with freshly initialised parameters as host numpy
+      arrays, returns the parameters to start from (e.g. pretrained ones
+      grafted in). None: the fresh initialisation.
   """
 
   def __init__(self, model, optimizer_config: OptimizerConfig, config: TrainConfig,
-               partitioner: Optional[Partitioner] = None):
+               partitioner: Optional[Partitioner] = None,
+               init_params: Optional[Callable[[Any], Any]] = None):
     self.model = model
     self.config = config
     self.partitioner = partitioner or Partitioner()
+    self.init_params = init_params
     self.partitioner.check_batch_size(
         config.batch_size // config.grad_accum_steps,
         "TrainConfig.batch_size // grad_accum_steps" if config.grad_accum_steps > 1
@@ -227,16 +304,39 @@ class Trainer:
     self.schedule = make_schedule(optimizer_config, config.train_steps)
     self.optimizer = make_optimizer(optimizer_config, config.train_steps)
     self.checkpointer = checkpointing.Checkpointer(
-        os.path.join(config.model_dir, "checkpoints"), keep=config.keep_checkpoints,
+        checkpointing.checkpoint_dir(config.model_dir), keep=config.keep_checkpoints,
         async_save=config.async_checkpointing)
     self.state_shardings = None
+    self._steps_for = None  # the sequence length the steps were built for
+    self._predict_steps: dict[Any, Callable] = {}
 
-  def _build_steps(self, sequence_length: int) -> None:
+  def for_run(self, config: TrainConfig) -> "Trainer":
+    """A trainer for another run directory or seed that reuses this one's compiled steps.
+
+    ``config`` may differ from this trainer's only in ``model_dir`` and ``seed``
+    (e.g. the seeds of one fine-tuning task).
+    """
+    same = dataclasses.replace(config, model_dir=self.config.model_dir, seed=self.config.seed)
+    if same != self.config:
+      raise ValueError("Trainer.for_run: only model_dir and seed may change between runs.")
+    other = copy.copy(self)
+    other.config = config
+    other.checkpointer = checkpointing.Checkpointer(
+        checkpointing.checkpoint_dir(config.model_dir), keep=config.keep_checkpoints,
+        async_save=config.async_checkpointing)
+    return other
+
+  def _build_steps(self, sequence_length: Any) -> None:
     """Shardings of the state, and the train/eval steps jitted with them."""
+    if self._steps_for == sequence_length:
+      return
+    self._steps_for = sequence_length
     p, cfg = self.partitioner, self.config
     self.state_shardings = state_shardings(p, self.model, self.optimizer, p.data_parallel_size,
                                            sequence_length)
-    batch_sharding = p.batch_sharding(2)
+    # Batches arrive already placed (Partitioner.shard_batch shards every
+    # feature's leading axis, whatever its rank), so their shardings are left as given.
+    batch_sharding = None
     train_step = p.jit(make_train_step(self.model, self.optimizer, self.schedule,
                                        cfg.grad_accum_steps),
                        in_shardings=(self.state_shardings, batch_sharding),
@@ -247,7 +347,38 @@ class Trainer:
     self.train_step = lambda state, batch: train_step(state, p.shard_batch(batch))
     self.eval_step = lambda params, batch: eval_step(params, p.shard_batch(batch))
 
-  def initial_state(self, sequence_length: int, data_iterator=None) -> tuple[TrainState, bool]:
+  def predict(self, params, batch: Batch, **options) -> np.ndarray:
+    """``model.predict_batch(params, batch, **options)`` over the mesh, as a host array.
+
+    ``batch`` holds this process's rows; the result holds every process's
+    rows (the global batch), in order.
+    """
+    key = tuple(sorted(options.items()))
+    if key not in self._predict_steps:
+      p = self.partitioner
+      fn = lambda params, batch: self.model.predict_batch(params, batch, **options)
+      self._predict_steps[key] = p.jit(fn, in_shardings=(self.state_shardings.params, None),
+                                       out_shardings=p.replicated())
+    out = self._predict_steps[key](params, self.partitioner.shard_batch(batch))
+    return np.asarray(jax.device_get(out))
+
+  def _fresh_state(self, make: Callable[[], TrainState]) -> TrainState:
+    p = self.partitioner
+    if self.init_params is None:
+      return p.jit(make, out_shardings=self.state_shardings)()
+    # Initialise on the host (every process alike), let init_params change the
+    # parameters, then place them in their shards and build the optimizer state there.
+    host = jax.device_get(jax.jit(lambda: make().params)())
+    start = self.init_params(host)
+    params = jax.tree_util.tree_map(
+        lambda value, sharding: jax.make_array_from_callback(
+            np.shape(value), sharding, lambda index, value=value: np.asarray(value)[index]),
+        start, self.state_shardings.params)
+    return p.jit(lambda params: make().replace(params=params, opt_state=self.optimizer.init(params)),
+                 in_shardings=(self.state_shardings.params,),
+                 out_shardings=self.state_shardings)(params)
+
+  def initial_state(self, sequence_length: Any, data_iterator=None) -> tuple[TrainState, bool]:
     """Restores the newest good checkpoint, else initialises; returns (state, resumed).
 
     A checkpoint is restored straight into this run's shardings, whatever
@@ -264,18 +395,52 @@ class Trainer:
     if step is not None:
       logger.info("Resumed from checkpoint step %d in %s", step, self.checkpointer.directory)
       return restored, True
-    return p.jit(make, out_shardings=self.state_shardings)(), False
+    return self._fresh_state(make), False
 
-  def train(self, train_batches: Iterator[Batch], data_iterator=None,
+  def train(self, train_batches: BatchSource, data_iterator=None,
             eval_batches: Optional[Callable[[], Iterator[Batch]]] = None,
-            sequence_length: int = 128) -> TrainSummary:
-    """Trains to ``config.train_steps``, resuming from MODEL_DIR if possible."""
+            sequence_length: Any = 128,
+            validate: Optional[Callable[[Any], Mapping[str, float]]] = None,
+            best_metric: Optional[str] = None) -> TrainSummary:
+    """Trains to ``config.train_steps``, resuming from MODEL_DIR if possible.
+
+    Args:
+      train_batches: This process's training batches: an iterator (positioned
+        by ``data_iterator``'s checkpoint on resume) or a function of the
+        first step to run that returns the batches from that step on.
+      data_iterator: A tf.data iterator saved with each checkpoint.
+      eval_batches: Held-out batches scored with the model's loss metrics
+        every ``config.eval_every`` steps and at the end.
+      sequence_length: Row length (or per-feature lengths) for initialisation.
+      validate: Scores parameters with a task's own metrics (e.g. GLUE's),
+        run on the same cadence; logged as ``validation/*``.
+      best_metric: With ``validate``: keep the parameters of the best value of
+        this score (higher is better) in ``MODEL_DIR/best``.
+    """
     cfg = self.config
     state, _ = self.initial_state(sequence_length, data_iterator)
     start_step = int(state.step)
     metric_log = MetricLogger(cfg.model_dir)
     run_eval = lambda params: evaluate(self.eval_step, params, eval_batches(), cfg.eval_steps,
                                        self.model.metrics)
+    best = checkpointing.read_best(cfg.model_dir) if best_metric else None
+    history: list[dict] = []
+
+    def run_validation(step: int, params) -> None:
+      nonlocal best
+      if validate is None:
+        return
+      # Let a background checkpoint write finish first: validation reads data
+      # files, and under TFDS's mocked file system (tests) the two collided.
+      self.checkpointer.wait()
+      scores = dict(validate(params))
+      history.append({"step": step, **scores})
+      metric_log.write(step, "validation", scores)
+      logger.info("step %d validation: %s", step, {k: round(v, 4) for k, v in scores.items()})
+      if best_metric and (best is None or scores[best_metric] > best["score"]):
+        checkpointing.save_best(cfg.model_dir, step, best_metric, scores[best_metric], params)
+        best = {"step": step, "metric": best_metric, "score": float(scores[best_metric])}
+
     initial_eval = final_eval = None
     if eval_batches is not None and start_step == 0:
       initial_eval = run_eval(state.params)
@@ -315,24 +480,44 @@ class Trainer:
       bar.set_postfix(loss=f"{scalars['loss']:.3f}", tok_s=f"{scalars['tokens_per_second']:.0f}")
       pending.clear()
 
+    def save(step: int) -> None:
+      nonlocal last_saved
+      flush_metrics(step)  # never checkpoint a state that went non-finite
+      self.checkpointer.save(step, state, data_iterator)
+      last_saved = step
+
     end_step = min(cfg.train_steps, cfg.stop_after_step or cfg.train_steps)
+    batches = train_batches(start_step) if callable(train_batches) else train_batches
+    stop = _StopSignal()
     try:
-      for step in range(start_step, end_step):
-        state, metrics = self.train_step(state, next(train_batches))
-        pending.append((step, metrics))
-        done = step + 1
-        bar.update(1)
-        if done % cfg.log_every == 0 or done == end_step:
-          flush_metrics(done)
-        if cfg.eval_every and done % cfg.eval_every == 0 and eval_batches is not None and done != end_step:
-          metric_log.write(done, "eval", run_eval(state.params))
-        if done % cfg.checkpoint_every == 0 or done == end_step:
-          flush_metrics(done)  # never checkpoint a state that went non-finite
-          self.checkpointer.save(done, state, data_iterator)
-          last_saved = done
-      if eval_batches is not None and end_step > start_step:
-        final_eval = run_eval(state.params)
-        metric_log.write(int(state.step), "eval", final_eval)
+      with stop.installed():
+        for step in range(start_step, end_step):
+          state, metrics = self.train_step(state, next(batches))
+          pending.append((step, metrics))
+          done = step + 1
+          bar.update(1)
+          at_log = done % cfg.log_every == 0 or done == end_step
+          if at_log:
+            flush_metrics(done)
+          evaluate_now = cfg.eval_every and done % cfg.eval_every == 0 and done != end_step
+          if evaluate_now and eval_batches is not None:
+            metric_log.write(done, "eval", run_eval(state.params))
+          if evaluate_now:
+            run_validation(done, state.params)
+          if done % cfg.checkpoint_every == 0 or done == end_step:
+            save(done)
+          # Every process polls at the same steps, so they agree on stopping.
+          if done != end_step and (stop.requested if jax.process_count() == 1 else
+                                   at_log and stop.agreed()):
+            if last_saved != done:
+              save(done)
+            self.checkpointer.wait()
+            raise PreemptedError(done, str(self.checkpointer.directory))
+      if end_step > start_step:
+        if eval_batches is not None:
+          final_eval = run_eval(state.params)
+          metric_log.write(int(state.step), "eval", final_eval)
+        run_validation(int(state.step), state.params)
     finally:
       bar.close()
       self.checkpointer.close()
@@ -342,4 +527,5 @@ class Trainer:
     return TrainSummary(start_step=start_step, final_step=int(state.step), seconds=seconds,
                         first_train_loss=first_loss, final_train_loss=last_loss,
                         initial_eval=initial_eval, final_eval=final_eval,
-                        checkpoint_step=last_saved, tokens_per_second=tokens / max(seconds, 1e-9))
+                        checkpoint_step=last_saved, tokens_per_second=tokens / max(seconds, 1e-9),
+                        validation_history=history, best=best)

@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
+from lmlab.glue import config as finetune_configs
 from lmlab.glue import finetune, leaderboard
 from lmlab.glue import spec as glue_spec
 from lmlab.glue import tasks as glue_tasks
@@ -27,6 +28,8 @@ from lmlab.wrappers.encoder_decoder import EncoderDecoderModel
 from lmlab.wrappers.masked_lm import MaskedLMModel
 from lmlab.models import EncoderConfig
 from lmlab.models.config import T5Config
+from lmlab.training.config import TrainConfig
+from lmlab.training.optimizers import OptimizerConfig
 
 MOCK_EXAMPLES = 6
 NETWORKS = {
@@ -52,12 +55,20 @@ def _pretrained_dir(tmp_path, family: str) -> str:
   return str(directory)
 
 
-def _config(tmp_path, family, tasks, **overrides) -> finetune.FinetuneConfig:
+def _config(tmp_path, family, tasks, **overrides):
+  """``(FinetuneConfig, TrainConfig, OptimizerConfig)`` of a tiny run; overrides go to their owner."""
   base = dict(model_dir=str(tmp_path / "finetune"), tasks=tasks, network=NETWORKS[family],
               init_checkpoint_dir=_pretrained_dir(tmp_path, family), sequence_length=48,
-              target_length=6, batch_size=8, eval_batch_size=8, train_steps=4, eval_every=2,
-              seeds=(0,), learning_rate=1e-3)
-  return finetune.FinetuneConfig(**{**base, **overrides})
+              target_length=6, batch_size=8, eval_batch_size=8, train_steps=4, epochs=None,
+              eval_every=2, seeds=(0,), learning_rate=1e-3, progress_bar=False, log_every=1)
+  finetune_config, train, optimizer = finetune_configs.for_task(
+      "all", finetune_configs.FinetuneConfig(tasks=tasks, per_task={"all": {**base, **overrides}}),
+      TrainConfig(model_dir="", train_steps=0), OptimizerConfig())
+  return dataclasses.replace(finetune_config, per_task={}), train, optimizer
+
+
+def _run(configs, **kwargs):
+  return finetune.run_finetune(*configs, **kwargs)
 
 
 @pytest.fixture
@@ -94,7 +105,7 @@ def _check_leaderboard(model_dir, spec):
 
 def test_encoder_mnli_two_seeds_keep_best_and_write_glue_files(tmp_path, mocked_glue):
   config = _config(tmp_path, "bert", ["glue_mnli"], seeds=(0, 1))
-  summary = finetune.run_finetune(config)
+  summary = _run(config)
   for seed in (0, 1):
     run_dir = tmp_path / "finetune" / "glue_mnli" / f"seed_{seed}"
     result = json.loads((run_dir / "result.json").read_text())
@@ -103,21 +114,21 @@ def test_encoder_mnli_two_seeds_keep_best_and_write_glue_files(tmp_path, mocked_
     assert set(result["validation"]) == {"accuracy_matched", "accuracy_mismatched", "main"}
     assert (run_dir / "best").is_dir()
   for spec in (glue_spec.TASKS["glue_mnli"], glue_spec.TASKS["glue_ax"]):
-    _check_leaderboard(config.model_dir, spec)
+    _check_leaderboard(config[1].model_dir, spec)
   text = (tmp_path / "finetune" / "summary.md").read_text()
   assert "| glue_mnli | accuracy_matched | 2 |" in text
   assert summary["tasks"]["glue_mnli"][1]["seed"] == 1
   # A finished seed is not trained again.
-  again = finetune.run_finetune(config)
+  again = _run(config)
   assert again["tasks"] == summary["tasks"]
 
 
 def test_bigs_regression_head_writes_sts_b_scores(tmp_path, mocked_glue):
   config = _config(tmp_path, "bigs", ["glue_stsb"])
-  finetune.run_finetune(config)
+  _run(config)
   spec = glue_spec.TASKS["glue_stsb"]
-  _check_leaderboard(config.model_dir, spec)
-  rows = leaderboard.read_submission(os.path.join(config.model_dir, "leaderboard", "STS-B.tsv"))
+  _check_leaderboard(config[1].model_dir, spec)
+  rows = leaderboard.read_submission(os.path.join(config[1].model_dir, "leaderboard", "STS-B.tsv"))
   assert all(np.isfinite(float(r[1])) for r in rows)
 
 
@@ -126,12 +137,12 @@ def test_bigs_regression_head_writes_sts_b_scores(tmp_path, mocked_glue):
     pytest.param("enct5", "glue_rte", marks=pytest.mark.slow)])  # EncT5 head: unit-tested too
 def test_t5_fine_tunes_text_to_text_and_with_the_enct5_head(tmp_path, mocked_glue, head, task):
   config = _config(tmp_path, "t5", [task], head=head)
-  summary = finetune.run_finetune(config)
+  summary = _run(config)
   assert summary["tasks"][task][0]["head"] == head
   spec = glue_spec.TASKS[task]
-  _check_leaderboard(config.model_dir, spec)
+  _check_leaderboard(config[1].model_dir, spec)
   if task == "super_glue_boolq":
-    rows = leaderboard.read_submission(os.path.join(config.model_dir, "leaderboard",
+    rows = leaderboard.read_submission(os.path.join(config[1].model_dir, "leaderboard",
                                                     "BoolQ.jsonl"))
     assert {r["label"] for r in rows} <= {"true", "false"}
 
@@ -141,29 +152,29 @@ def test_t5_fine_tunes_text_to_text_and_with_the_enct5_head(tmp_path, mocked_glu
                                   pytest.param("super_glue_multirc", marks=pytest.mark.slow)])
 def test_candidate_tasks_pick_one_answer_per_group(tmp_path, mocked_glue, task):
   config = _config(tmp_path, "bert", [task])
-  finetune.run_finetune(config)
-  _check_leaderboard(config.model_dir, glue_spec.TASKS[task])
+  _run(config)
+  _check_leaderboard(config[1].model_dir, glue_spec.TASKS[task])
 
 
 def test_bad_inputs_fail_before_training(tmp_path):
   with pytest.raises(ValueError, match="Unknown GLUE/SuperGLUE task"):
-    finetune.run_finetune(_config(tmp_path, "bert", ["glue_nope"]))
+    _run(_config(tmp_path, "bert", ["glue_nope"]))
   with pytest.raises(ValueError, match="predicted by the glue_mnli model"):
-    finetune.run_finetune(_config(tmp_path, "bert", ["glue_ax"]))
+    _run(_config(tmp_path, "bert", ["glue_ax"]))
   with pytest.raises(FileNotFoundError, match="tfds build glue/rte"):
-    finetune.run_finetune(_config(tmp_path, "bert", ["glue_rte"], tfds_data_dir=str(tmp_path)))
+    _run(_config(tmp_path, "bert", ["glue_rte"], tfds_data_dir=str(tmp_path)))
   assert not (tmp_path / "finetune" / "glue_rte").exists()
 
 
 def test_wrong_checkpoint_and_too_long_rows_are_refused(tmp_path, mocked_glue):
   t5_dir = _pretrained_dir(tmp_path, "t5")
   with pytest.raises(ValueError, match="another model family"):
-    finetune.run_finetune(_config(tmp_path, "bert", ["glue_rte"], init_checkpoint_dir=t5_dir))
+    _run(_config(tmp_path, "bert", ["glue_rte"], init_checkpoint_dir=t5_dir))
   with pytest.raises(ValueError, match="longer than the model allows"):
-    finetune.run_finetune(_config(tmp_path, "bert", ["glue_rte"], sequence_length=128))
+    _run(_config(tmp_path, "bert", ["glue_rte"], sequence_length=128))
   wide = dataclasses.replace(NETWORKS["bert"], d_ff=48)
   with pytest.raises(ValueError, match="has shape"):
-    finetune.run_finetune(_config(tmp_path, "bert", ["glue_rte"], network=wide))
+    _run(_config(tmp_path, "bert", ["glue_rte"], network=wide))
 
 
 def test_command_line_finetune_mode(tmp_path, mocked_glue, capsys):
@@ -173,8 +184,10 @@ def test_command_line_finetune_mode(tmp_path, mocked_glue, capsys):
       "--run_mode=finetune", "--gin_file=models/tiny.gin", "--gin_file=finetune/glue.gin",
       f"--gin.MODEL_DIR='{tmp_path}'", "--gin.PRETRAINED_DIR=None",
       "--gin.FinetuneConfig.tasks=['glue_rte']", "--gin.FinetuneConfig.seeds=[0]",
-      "--gin.FinetuneConfig.train_steps=2", "--gin.FinetuneConfig.batch_size=8",
-      "--gin.FinetuneConfig.eval_batch_size=8", "--gin.FinetuneConfig.sequence_length=32"])
+      "--gin.FinetuneConfig.epochs=None", "--gin.FinetuneConfig.per_task={}",
+      "--gin.TrainConfig.train_steps=2",
+      "--gin.TrainConfig.batch_size=8", "--gin.TrainConfig.eval_batch_size=8",
+      "--gin.TrainConfig.progress_bar=False", "--gin.FinetuneConfig.sequence_length=32"])
   assert result["tasks"]["glue_rte"][0]["train_steps"] == 2
   assert "| glue_rte | accuracy | 1 |" in capsys.readouterr().out
   assert (tmp_path / "leaderboard" / "RTE.tsv").exists()

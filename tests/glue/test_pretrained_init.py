@@ -10,7 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lmlab.training import pretrained
+from lmlab.training import checkpointing, pretrained
 from lmlab.wrappers.classification import ClassificationModel
 from lmlab.glue.spec import TASKS
 from lmlab.wrappers.encoder_decoder import EncoderDecoderModel
@@ -47,7 +47,7 @@ def _leaves(tree):
 def test_encoder_is_copied_and_heads_are_fresh(tmp_path, config):
   old = _params(MaskedLMModel(config), seed=1)
   _save_run(tmp_path, old)
-  step, loaded = pretrained.load_pretrained_params(str(tmp_path))
+  step, loaded = checkpointing.load_params(str(tmp_path))
   assert step == 7
   model = ClassificationModel(config, TASKS["glue_mnli"])
   fresh = _params(model, seed=2)
@@ -65,7 +65,7 @@ def test_encoder_is_copied_and_heads_are_fresh(tmp_path, config):
 def test_t5_checkpoint_feeds_an_enct5_head_with_fewer_decoder_layers(tmp_path):
   old = _params(EncoderDecoderModel(T5), seed=1)
   _save_run(tmp_path, old)
-  _, loaded = pretrained.load_pretrained_params(str(tmp_path))
+  _, loaded = checkpointing.load_params(str(tmp_path))
   model = ClassificationModel(dataclasses.replace(T5, num_decoder_layers=1), TASKS["glue_stsb"])
   params, new, unused = pretrained.graft_pretrained(
       _params(model), loaded, required_prefixes=("token_embedder", "encoder", "decoder"))
@@ -78,7 +78,7 @@ def test_t5_checkpoint_feeds_an_enct5_head_with_fewer_decoder_layers(tmp_path):
 
 def test_checkpoint_of_another_family_is_refused(tmp_path):
   _save_run(tmp_path, _params(EncoderDecoderModel(T5)))
-  _, loaded = pretrained.load_pretrained_params(str(tmp_path))
+  _, loaded = checkpointing.load_params(str(tmp_path))
   fresh = _params(ClassificationModel(ENCODER, TASKS["glue_cola"]))
   with pytest.raises(ValueError, match="another model family"):
     pretrained.graft_pretrained(fresh, loaded, required_prefixes=("encoder",))
@@ -86,7 +86,7 @@ def test_checkpoint_of_another_family_is_refused(tmp_path):
 
 def test_checkpoint_of_another_shape_is_refused(tmp_path):
   _save_run(tmp_path, _params(MaskedLMModel(dataclasses.replace(ENCODER, d_ff=48))))
-  _, loaded = pretrained.load_pretrained_params(str(tmp_path))
+  _, loaded = checkpointing.load_params(str(tmp_path))
   fresh = _params(ClassificationModel(ENCODER, TASKS["glue_cola"]))
   with pytest.raises(ValueError, match=r"has shape \(48,\) in the checkpoint but \(32,\)"):
     pretrained.graft_pretrained(fresh, loaded, required_prefixes=("encoder",))
@@ -94,12 +94,12 @@ def test_checkpoint_of_another_shape_is_refused(tmp_path):
 
 def test_missing_and_corrupt_checkpoints_give_clear_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="does not exist"):
-    pretrained.load_pretrained_params(str(tmp_path / "nowhere"))
+    checkpointing.load_params(str(tmp_path / "nowhere"))
   with pytest.raises(FileNotFoundError, match="pretrain first"):
-    pretrained.load_pretrained_params(str(tmp_path))
+    checkpointing.load_params(str(tmp_path))
   path = _save_run(tmp_path, _params(MaskedLMModel(ENCODER)))
   for item in path.rglob("*"):
     if item.is_file() and item.stat().st_size > 0:
       item.write_bytes(b"garbage")
   with pytest.raises(ValueError, match="cannot be read"):
-    pretrained.load_pretrained_params(str(tmp_path))
+    checkpointing.load_params(str(tmp_path))

@@ -1,0 +1,118 @@
+"""One GLUE/SuperGLUE task in one input format: its seqio task, vocabulary and batches."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any, Iterator, Optional
+
+import jax
+import numpy as np
+
+from lmlab.glue import rows as finetune_data
+from lmlab.glue import spec as glue_spec
+from lmlab.glue.config import FinetuneConfig
+
+
+def load_glue_tasks():
+  # Imported lazily: it pulls in TensorFlow and registers the tasks.
+  from lmlab.glue import tasks as glue_tasks  # pylint: disable=g-import-not-at-top
+  return glue_tasks
+
+
+def local_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """This process's contiguous share of a global batch's rows (all of it with one process)."""
+  count, index = jax.process_count(), jax.process_index()
+  if count == 1:
+    return batch
+  rows = len(next(iter(batch.values())))
+  if rows % count:
+    raise ValueError(f"A batch of {rows} rows does not split over {count} processes: use a batch "
+                     "size divisible by the process count.")
+  share = rows // count
+  return {k: v[index * share:(index + 1) * share] for k, v in batch.items()}
+
+
+@dataclasses.dataclass
+class TaskData:
+  """The seqio task of one spec in one format, and how to turn its examples into batches.
+
+  Every process reads the whole (small) split and builds the same global
+  batches; ``local_rows`` picks each process's share before it reaches the
+  devices.
+  """
+  spec: glue_spec.TaskSpec
+  seqio_name: str
+  text_to_text: bool
+  vocabulary: Any
+  config: FinetuneConfig
+  single_sequence: bool = False  # EncT5: the text-to-text prompt as one encoder row
+
+  @property
+  def eos_id(self) -> int:
+    return int(self.vocabulary.eos_id)
+
+  def examples(self, split: str, *, shuffle: bool, seed: int, repeat: bool,
+               limit: Optional[int]):
+    import seqio  # pylint: disable=g-import-not-at-top
+    task = seqio.get_mixture_or_task(self.seqio_name)
+    dataset = task.get_dataset(sequence_length=None, split=split, shuffle=False, seed=seed,
+                               try_in_mem_cache=False)
+    if limit:
+      dataset = dataset.take(limit)
+    if shuffle:
+      dataset = dataset.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+      dataset = dataset.repeat()
+    return dataset.as_numpy_iterator()
+
+  def batches(self, split: str, batch_size: int, log: finetune_data.TruncationLog, **kwargs):
+    """``(batch, meta)`` pairs of global batches (``examples``' keyword arguments)."""
+    cfg = self.config
+    if self.text_to_text:
+      make = lambda ex: finetune_data.t2t_row(ex, cfg.sequence_length, cfg.target_length,
+                                              self.eos_id, log)
+      consumed = finetune_data.T2T_INPUTS
+    elif self.single_sequence:
+      make = lambda ex: finetune_data.encoder_row({"inputs_a": ex["inputs"]}, cfg.sequence_length,
+                                                  self.eos_id, log)
+      consumed = finetune_data.T2T_INPUTS
+    else:
+      make = lambda ex: finetune_data.encoder_row(ex, cfg.sequence_length, self.eos_id, log)
+      consumed = finetune_data.ENCODER_INPUTS
+    label_dtype = np.float32 if self.spec.kind == "regression" else np.int32
+    return finetune_data.batches(self.examples(split, **kwargs), make, batch_size, consumed,
+                                 label_dtype=label_dtype)
+
+  def train_batches(self, batch_size: int, seed: int,
+                    log: finetune_data.TruncationLog) -> "callable":
+    """A function of the first step giving this process's training batches from that step on.
+
+    The shuffled, repeated stream depends only on ``seed``, so skipping the
+    batches of the steps already done puts a resumed run exactly where an
+    uninterrupted one would be.
+    """
+    def from_step(start_step: int) -> Iterator[dict]:
+      stream = self.batches(self.spec.train_split, batch_size, log, shuffle=True, seed=seed,
+                            repeat=True, limit=self.config.max_train_examples)
+      return (local_rows(batch) for batch, _ in itertools.islice(stream, start_step, None))
+    return from_step
+
+  def count(self, split: str, limit: Optional[int]) -> int:
+    """Rows in a split (after candidate expansion), counted once to size the schedule."""
+    return sum(1 for _ in self.examples(split, shuffle=False, seed=0, repeat=False, limit=limit))
+
+
+def task_data(spec: glue_spec.TaskSpec, config: FinetuneConfig, head: str) -> TaskData:
+  """The task of ``spec`` in the format ``head`` reads."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  glue_tasks = load_glue_tasks()
+  # T5-family models (text to text and EncT5) read the prompt in the T5 vocabulary.
+  t5_vocabulary = head in ("text_to_text", "enct5")
+  key = ("byt5_t2t" if config.byte_level else "t2t") if t5_vocabulary else (
+      "encoder_bytes" if config.byte_level else "encoder")
+  name = glue_tasks.TASK_NAMES[spec.name][key]
+  feature = "inputs" if t5_vocabulary else "inputs_a"
+  vocabulary = seqio.get_mixture_or_task(name).output_features[feature].vocabulary
+  return TaskData(spec, name, head == "text_to_text", vocabulary, config,
+                  single_sequence=head == "enct5")
