@@ -42,14 +42,19 @@ MIN_CHUNK_TOKENS = 2  # a shorter chunk has nothing to corrupt and nothing to ke
 def noise_counts(length: int, noise_density: float, mean_noise_span_length: float) -> tuple[int, int]:
   """(noise tokens, noise spans) that span corruption uses for a chunk of ``length`` tokens.
 
-  ``round(length * density)`` noise tokens (at least one, and at least one
-  token is kept) in ``round(noise / mean span)`` spans (at least one, and no
-  more spans than noise or kept tokens, since every span is non-empty).
-  Python's ``round`` and ``tf.round`` both round halves to even, so this
-  mirrors the graph computation in ``corrupt_spans`` exactly.
+  T5's ``random_spans_noise_mask`` rule, in its float32 arithmetic:
+  ``round(float32(length) * float32(density))`` noise tokens (at least one,
+  and at least one token is kept) in ``round(float32(noise) /
+  float32(mean span))`` spans (at least one, and no more spans than noise or
+  kept tokens, since every span is non-empty), rounding halves to even as
+  ``tf.round`` does. Float32 matters: ``length * 0.15`` lands on either side
+  of a half for some lengths (190 gives 29 noise tokens in float32, 28 in
+  float64). ``corrupt_spans`` computes the same numbers in the graph.
   """
-  noise = min(max(round(length * noise_density), 1), length - 1)
-  spans = min(max(round(noise / mean_noise_span_length), 1), noise, length - noise)
+  noise = int(np.round(np.float32(length) * np.float32(noise_density)))
+  noise = min(max(noise, 1), length - 1)
+  spans = int(np.round(np.float32(noise) / np.float32(mean_noise_span_length)))
+  spans = min(max(spans, 1), noise, length - noise)
   return noise, spans
 
 
@@ -61,7 +66,10 @@ def span_corruption_lengths(inputs_length: int, noise_density: float = 0.15,
   (kept tokens, one sentinel per span, EOS) and ``noise + spans + 1`` target
   ids. This finds the largest n whose inputs fit in ``inputs_length``, so
   full chunks fill an encoder row exactly (T5: 512 inputs -> 568 raw tokens
-  and 114 targets at density 0.15, mean span 3).
+  and 114 targets at density 0.15, mean span 3). It is T5's
+  ``random_spans_helper`` search, but over ``noise_counts`` (float32, like
+  the graph) rather than Python floats, so the chosen n never yields an
+  input longer than ``inputs_length``.
 
   Args:
     inputs_length: Encoder tokens per example, EOS included.
@@ -100,15 +108,17 @@ def _check_rates(noise_density: float, mean_noise_span_length: float) -> None:
 
 def _check_sentinels(vocab: seqio.Vocabulary, raw_length: int, noise_density: float,
                      mean_noise_span_length: float) -> None:
-  """Every noise span needs its own extra id, or sentinels would overwrite real tokens."""
+  """Every noise span needs its own sentinel id, or sentinels would overwrite real tokens."""
   needed = noise_counts(raw_length, noise_density, mean_noise_span_length)[1]
-  if vocab.extra_ids < needed:
+  available = vocabularies.num_sentinels(vocab)
+  if available < needed:
     raise ValueError(
         f"Span corruption of {raw_length}-token chunks makes up to {needed} noise spans, so the "
-        f"vocabulary needs at least {needed} extra ids for sentinels but has extra_ids={vocab.extra_ids} "
-        "(sentinels would collide with real tokens). Use a vocabulary with more extra ids, e.g. "
-        "vocabularies.embedded_vocabulary_with_sentinels() (100) or vocabularies.byt5_vocabulary() "
-        "(125), or a shorter inputs length / larger mean_noise_span_length.")
+        f"vocabulary needs at least {needed} sentinel ids but has {available} (extra_ids={vocab.extra_ids}; "
+        "sentinels would collide with real tokens). Use a vocabulary with more extra ids, e.g. "
+        "vocabularies.embedded_vocabulary_with_sentinels() (100) or, for bytes, "
+        "vocabularies.byt5_legacy_vocabulary() (125, not the released ByT5 layout), or a shorter "
+        "inputs length / larger mean_noise_span_length.")
 
 
 def _chunks(dataset: tf.data.Dataset, length: int) -> tf.data.Dataset:
@@ -156,11 +166,11 @@ def _starts_of_runs(values: tf.Tensor) -> tf.Tensor:
 
 def _counts_tf(length: tf.Tensor, noise_density: float,
                mean_noise_span_length: float) -> tuple[tf.Tensor, tf.Tensor]:
-  """Graph version of ``noise_counts`` (float64, so it rounds exactly like Python)."""
-  as_float = tf.cast(length, tf.float64)
+  """Graph version of ``noise_counts``, in float32 as T5's ``random_spans_noise_mask`` (elementwise)."""
+  as_float = tf.cast(length, tf.float32)
   noise = tf.cast(tf.round(as_float * noise_density), tf.int32)
   noise = tf.minimum(tf.maximum(noise, 1), length - 1)
-  spans = tf.cast(tf.round(tf.cast(noise, tf.float64) / mean_noise_span_length), tf.int32)
+  spans = tf.cast(tf.round(tf.cast(noise, tf.float32) / mean_noise_span_length), tf.int32)
   spans = tf.minimum(tf.minimum(tf.maximum(spans, 1), noise), length - noise)
   return noise, spans
 
@@ -171,8 +181,9 @@ def corrupt_spans(tokens: tf.Tensor, seed: tf.Tensor, vocab_size: int, noise_den
 
   The chunk is laid out as ``keep_0 noise_0 keep_1 noise_1 ... noise_{k-1}``
   where both the kept and the noise lengths are random segmentations. Noise
-  span j becomes sentinel j (id ``vocab_size - 1 - j``) in ``inputs``; in
-  ``targets`` the same sentinel precedes the span's tokens.
+  span j becomes sentinel j (id ``vocab_size - 1 - j``; 258 - j for ByT5's
+  bytes) in ``inputs``; in ``targets`` the same sentinel precedes the span's
+  tokens.
 
   Args:
     tokens: int ``[n]`` real tokens (no EOS, no padding), n >= 2.
@@ -243,7 +254,8 @@ def span_corruption(dataset: tf.data.Dataset, sequence_length: Optional[Mapping[
     sequence_length: Needs ``inputs``; ``targets``, if given, must fit the
       longest targets.
     output_features: ``inputs`` and ``targets`` with the same vocabulary,
-      which needs one extra id per noise span.
+      which needs one sentinel id per noise span
+      (``vocabularies.num_sentinels``).
     noise_density: Fraction of tokens corrupted.
     mean_noise_span_length: Average noise-span length.
 

@@ -76,15 +76,47 @@ def _select_tokens(candidates: tf.Tensor, budget: tf.Tensor, seed: tf.Tensor) ->
   return candidates & (ranks < budget)
 
 
+def greedy_fill(sizes: tf.Tensor, budget: tf.Tensor) -> tf.Tensor:
+  """Which items to take when visiting ``sizes`` in order, taking each that still fits ``budget``.
+
+  This is BERT's whole-word rule (``create_pretraining_data.py``): an item
+  whose size would push the total past the budget is skipped, and later,
+  smaller items may still be taken; the total never exceeds ``budget``.
+  Instead of one step per item it runs in rounds: a round drops the items
+  too large for what is left, takes every remaining item up to the first
+  one that overflows, and skips that one. Each round takes something and
+  leaves less than the skipped item's size, so there are few rounds.
+
+  Args:
+    sizes: int32 ``[n]`` non-negative sizes, in visiting order (0: never taken).
+    budget: int32 scalar.
+
+  Returns:
+    bool ``[n]``: the items taken.
+  """
+  n = tf.size(sizes)
+  positions = tf.range(n)
+
+  def one_round(start, left, taken):
+    eligible = (positions >= start) & (sizes > 0) & (sizes <= left)
+    covered = tf.cumsum(tf.where(eligible, sizes, 0))
+    fits = eligible & (covered <= left)
+    first_overflow = tf.reduce_min(tf.where(eligible & (covered > left), positions, n))
+    return first_overflow + 1, left - tf.reduce_sum(tf.where(fits, sizes, 0)), taken | fits
+
+  _, _, taken = tf.while_loop(lambda start, left, _: (start < n) & (left > 0), one_round,
+                              (tf.constant(0), tf.cast(budget, tf.int32), tf.zeros([n], tf.bool)))
+  return taken
+
+
 def _select_words(candidates: tf.Tensor, words: tf.Tensor, budget: tf.Tensor,
                   seed: tf.Tensor) -> tf.Tensor:
-  """Whole words in random order until ``budget`` candidate tokens are covered."""
+  """Whole words in random order, each taken only if it still fits in ``budget`` tokens (BERT)."""
   length = tf.size(candidates)
   word_sizes = tf.math.unsorted_segment_sum(tf.cast(candidates, tf.int32), words, length)
   word_scores = tf.where(word_sizes > 0, tf.random.stateless_uniform([length], seed), 2.0)
   order = tf.argsort(word_scores, stable=True)
-  covered_before = tf.cumsum(tf.gather(word_sizes, order), exclusive=True)
-  chosen_in_order = (covered_before < budget) & (tf.gather(word_sizes, order) > 0)
+  chosen_in_order = greedy_fill(tf.gather(word_sizes, order), budget)
   chosen = tf.scatter_nd(order[:, None], chosen_in_order, [length])
   return candidates & tf.gather(chosen, words)
 
@@ -101,7 +133,9 @@ def mlm_mask(example: Mapping[str, tf.Tensor], seed: tf.Tensor,
   never chosen) are selected for prediction; of those, ``mask_token_fraction``
   become the mask id, ``random_token_fraction`` a random ordinary token, and
   the rest stay unchanged. An exact count per row (rather than a Bernoulli
-  draw per token) keeps the loss weight per batch steady.
+  draw per token) keeps the loss weight per batch steady. With
+  ``whole_word`` the count is a ceiling instead: as in BERT, a word that
+  would overshoot it is skipped, so a row may end a few tokens short.
 
   Args:
     example: Packed row with ``targets``, ``segment_ids``, ``positions``.

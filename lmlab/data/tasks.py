@@ -12,7 +12,9 @@ Encoder–decoder tasks (features ``inputs`` and ``targets``, both with EOS):
 * ``lmlab.embedded_bart_denoising``: BART text infilling with sentence
   permutation, 8k SentencePiece (``<mask>`` piece).
 * ``lmlab.embedded_byt5_span_corruption``: ByT5 span corruption (mean span
-  20) of the embedded corpus as UTF-8 bytes + 125 sentinels.
+  20) of the embedded corpus as UTF-8 bytes, in released ByT5's layout:
+  ``ByteVocabulary()`` without extra ids, sentinels 258, 257, ... (bytes
+  0xFF, 0xFE, ..., never valid UTF-8).
 * ``lmlab.mc4_byt5_span_corruption``: the same on mC4 (TFDS
   ``c4/multilingual``); ``train`` reads all language splits, ``validation``
   all ``<lang>-validation`` splits, in their natural proportions (ByT5

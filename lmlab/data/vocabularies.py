@@ -6,11 +6,17 @@ the embedded corpus (``build_vocabulary.py``) and seqio's ``ByteVocabulary``
 id in each: the SentencePiece model has a ``<mask>`` piece; the byte
 vocabulary gets one extra id at the top.
 
-Span corruption (T5, ByT5) replaces each noise span by a sentinel. seqio puts
-a vocabulary's ``extra_ids`` at the top of the id range, and sentinel ``i`` is
-the ``i``-th id counting down from the top, so the ``*_with_sentinels`` /
-``byt5_vocabulary`` variants below add enough extra ids that no sentinel can
-be mistaken for a real token.
+Span corruption (T5, ByT5) replaces each noise span by a sentinel: sentinel
+``i`` is the ``i``-th id counting down from the top of the vocabulary (T5's
+and seqio's convention). For SentencePiece the top ids are ``extra_ids``
+added for the purpose (``embedded_vocabulary_with_sentinels``). ByT5 was
+released differently: it was pretrained with a plain ``ByteVocabulary()``
+(259 ids, no extra ids), so its sentinels are the top *byte* ids 258, 257,
+... (bytes 0xFF, 0xFE, ..., which never occur in UTF-8 text), exactly what
+the MrT5 reference (``first_sentinel=258``) uses. ``byt5_vocabulary()``
+follows that layout; the embedding table still has 384 rows (259 rounded up
+to a multiple of 128), of which the checkpoints only ever trained the first
+259.
 """
 
 from __future__ import annotations
@@ -27,7 +33,11 @@ MASK_PIECE = "<mask>"
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 BYTE_OFFSET = 3  # ByteVocabulary: ids 0..2 are pad/eos/unk, byte b is id b + 3
 SPM_SENTINELS = 100  # T5's number of extra ids
-BYT5_SENTINELS = 125  # 259 byte ids + 125 = 384, ByT5's (padded) embedding size
+BYT5_EMBEDDING_ROWS = 384  # released ByT5: 259 ids padded to a multiple of 128
+# Bytes 0xF5..0xFF never occur in valid UTF-8, so the 11 top byte ids can stand for
+# sentinels 0..10 without ever meaning text (ByT5's 1024-byte inputs need 9).
+BYTE_SENTINELS = 256 - 0xF5
+BYT5_LEGACY_EXTRA_IDS = 125  # the old lmlab layout: 259 + 125 = 384 ids, sentinels from 383 down
 SENTENCE_END_CHARS = (".", "!", "?")
 CLOSING_CHARS = "\"')]}\u2019\u201d\u00bb"  # may follow a sentence end: ."  ?)  !'
 
@@ -60,33 +70,66 @@ def embedded_vocabulary_with_sentinels() -> seqio.SentencePieceVocabulary:
 
 @functools.lru_cache(maxsize=None)
 def byt5_vocabulary() -> seqio.ByteVocabulary:
-  """ByT5's vocabulary: pad 0, EOS 1, UNK 2, byte b = b + 3, then 125 sentinels (384 ids)."""
-  return seqio.ByteVocabulary(extra_ids=BYT5_SENTINELS)
+  """Released ByT5's vocabulary: pad 0, EOS 1, UNK 2, byte b = b + 3 (259 ids, no extra ids).
+
+  Sentinel j is id ``258 - j`` (byte ``0xFF - j``), as in ByT5's and MrT5's
+  pretraining; see ``num_sentinels`` for how many are safe. Models size
+  their embedding to ``BYT5_EMBEDDING_ROWS`` (384) regardless.
+  """
+  return seqio.ByteVocabulary()
+
+
+@functools.lru_cache(maxsize=None)
+def byt5_legacy_vocabulary() -> seqio.ByteVocabulary:
+  """The layout lmlab used before: 259 byte ids plus 125 extra ids (384 ids), sentinel j = 383 - j.
+
+  Not what released ByT5/MrT5 checkpoints saw: their sentinels are 258, 257,
+  ..., and rows 259..383 were never trained. Useful only to train from
+  scratch with more than ``BYTE_SENTINELS`` noise spans per example (e.g. a
+  mean span of 3 bytes) or to keep reading data made for a model pretrained
+  with this layout.
+  """
+  return seqio.ByteVocabulary(extra_ids=BYT5_LEGACY_EXTRA_IDS)
+
+
+def num_sentinels(vocab: seqio.Vocabulary) -> int:
+  """How many sentinels ``vocab`` offers without any of them meaning real text.
+
+  A vocabulary's ``extra_ids`` when it has some. A ``ByteVocabulary``
+  without extra ids (released ByT5) uses its top byte ids instead, which is
+  safe for the bytes 0xF5..0xFF that UTF-8 never produces: 11 sentinels.
+  """
+  if vocab.extra_ids:
+    return vocab.extra_ids
+  if isinstance(vocab, seqio.ByteVocabulary):
+    return BYTE_SENTINELS
+  return 0
 
 
 def sentinel_id(vocab: seqio.Vocabulary, index: int) -> int:
   """Id of sentinel ``index`` (0-based): the ``index``-th id counting down from the top.
 
-  This is seqio's (and T5's) convention: sentinel 0 is ``<extra_id_0>``, the
-  last id of the vocabulary. Only the vocabulary's ``extra_ids`` may serve as
-  sentinels, since lower ids are real tokens.
+  This is seqio's (and T5's) convention: sentinel 0 is the last id of the
+  vocabulary (``<extra_id_0>`` for SentencePiece, 258 for ByT5's bytes).
+  Only ``num_sentinels(vocab)`` of them exist, since lower ids are real
+  tokens.
 
   Raises:
-    ValueError: ``index`` is not below ``vocab.extra_ids``.
+    ValueError: ``index`` is not below ``num_sentinels(vocab)``.
   """
-  if not 0 <= index < vocab.extra_ids:
-    raise ValueError(f"Sentinel {index} does not exist: the vocabulary has extra_ids={vocab.extra_ids}, "
-                     f"so sentinels 0..{vocab.extra_ids - 1} are available. Use a vocabulary with more "
-                     "extra ids (e.g. embedded_vocabulary_with_sentinels() or byt5_vocabulary()).")
+  available = num_sentinels(vocab)
+  if not 0 <= index < available:
+    raise ValueError(f"Sentinel {index} does not exist: the vocabulary (extra_ids={vocab.extra_ids}) has "
+                     f"sentinels 0..{available - 1} only. Use a vocabulary with more extra ids (e.g. "
+                     "embedded_vocabulary_with_sentinels() or byt5_legacy_vocabulary()).")
   return vocab.vocab_size - 1 - index
 
 
 def mask_id(vocab: seqio.Vocabulary) -> int:
   """The id that replaces tokens chosen for masked-language modelling.
 
-  For a ``ByteVocabulary`` this is the top extra id; in ``byt5_vocabulary()``
-  that id is also sentinel 0, which T5-style models read as "something is
-  missing here" anyway.
+  For a ``ByteVocabulary`` this is the top extra id (``byte_vocabulary()``
+  has one for the purpose; ``byt5_vocabulary()`` has none).
   """
   if isinstance(vocab, seqio.ByteVocabulary):
     if vocab.extra_ids < 1:

@@ -14,6 +14,8 @@ regression score, simply scores 0 rather than breaking checkpoint selection:
 * Matthews correlation with only one predicted (or one gold) class: 0.
 * Pearson / Spearman with a constant prediction (or gold) vector: 0.
 * F1 with no positive prediction (or no positive label): 0.
+* A text-to-text output that parsed to no class (-1) is wrong: F1 counts it
+  as the opposite of its label (T5's ``f1_score_with_invalid``).
 * An empty evaluation set is a ``ValueError``: there is no score to report.
 
 Per-kind inputs of :func:`compute` (see ``glue_spec.KINDS``):
@@ -107,7 +109,7 @@ def _as_groups(groups, size: int, what: str) -> np.ndarray:
 
 
 def accuracy(predictions, labels) -> float:
-  """Percentage of predictions equal to their label."""
+  """Percentage of predictions equal to their label (an invalid -1 is simply wrong, as in T5)."""
   predictions, labels = _as_pair(predictions, labels)
   return 100.0 * float(sk_metrics.accuracy_score(labels, predictions))
 
@@ -116,7 +118,9 @@ def matthews_corrcoef(predictions, labels) -> float:
   """Matthews correlation x 100; 0 when predictions or labels are all one class.
 
   With a single class on either side the coefficient is 0/0; scikit-learn
-  also maps that to 0, but checking first keeps the rule explicit.
+  also maps that to 0, but checking first keeps the rule explicit. Invalid
+  text-to-text predictions (-1) are passed on as they are, as T5's
+  scikit-learn wrapper does: they form one more predicted class.
   """
   predictions, labels = _as_pair(predictions, labels)
   if len(np.unique(predictions)) < 2 or len(np.unique(labels)) < 2:
@@ -124,14 +128,29 @@ def matthews_corrcoef(predictions, labels) -> float:
   return 100.0 * float(sk_metrics.matthews_corrcoef(labels, predictions))
 
 
-def f1(predictions, labels, positive=1) -> float:
-  """F1 of the ``positive`` class x 100; 0 when nothing is predicted or labelled positive.
+def invalid_as_wrong(predictions, labels) -> np.ndarray:
+  """Binary predictions with every invalid one (not 0 or 1) replaced by the opposite of its label.
 
-  Scored as "F1 of one class" rather than scikit-learn's binary mode, so an
-  unparseable text-to-text prediction (id -1) counts as a wrong negative
-  instead of raising "multiclass target".
+  T5's ``f1_score_with_invalid`` rule: a text-to-text output that parsed to
+  no class (-1) must count as a mistake, so it becomes a false positive
+  where the label is 0 and a false negative where it is 1. Leaving it as
+  "not positive" would turn the first case into a free true negative.
   """
   predictions, labels = _as_pair(predictions, labels)
+  invalid = (predictions != 0) & (predictions != 1)
+  return np.where(invalid, 1 - labels, predictions)
+
+
+def f1(predictions, labels, positive=1) -> float:
+  """Binary F1 of the ``positive`` class x 100; 0 when nothing is predicted or labelled positive.
+
+  Invalid predictions (anything but 0 or 1, e.g. -1 for an unparseable
+  text-to-text output) are wrong whatever the label, as in T5's
+  ``f1_score_with_invalid`` (see :func:`invalid_as_wrong`): predictions
+  [-1, 1] against labels [0, 1] score 2/3, not 1.
+  """
+  predictions, labels = _as_pair(predictions, labels)
+  predictions = invalid_as_wrong(predictions, labels)
   per_class = sk_metrics.f1_score(labels, predictions, labels=[positive], average=None,
                                   zero_division=0.0)
   return 100.0 * float(per_class[0])
@@ -472,8 +491,9 @@ def seqio_metric_fn(spec: TaskSpec, split: Optional[str] = None
   Targets and predictions are the postprocessed text-to-text outputs:
 
   * classification / COPA: label (choice) ids; a postprocessor should map an
-    unparseable output to -1, which then scores as wrong.
-  * regression: floats.
+    unparseable output to -1, which then scores as wrong (for F1: as the
+    opposite of its label, T5's ``f1_score_with_invalid``).
+  * regression: floats (an unparseable output as -1, T5's ``string_to_float``).
   * ReCoRD: predictions are entity strings, targets the list of gold answer
     strings per query.
   * MultiRC: each target is ``{"group": question_id, "value": 0/1}`` and each

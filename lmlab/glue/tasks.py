@@ -170,14 +170,22 @@ def example_rows(spec: TaskSpec, example: Mapping[str, Any], text_to_text: bool,
   return [{**base, "text_a": values[0], "text_b": values[1] if len(values) > 1 else ""}]
 
 
+UNPARSEABLE_SCORE = -1.0  # T5's string_to_float default
+
+
 def postprocess_prediction(spec: TaskSpec, text: str) -> Union[int, float, str]:
-  """Decoded text-to-text output -> label id (-1 if no class matches), score or entity."""
+  """Decoded text-to-text output -> label id, score or entity, as T5's postprocessors.
+
+  A class name that matches no label gives -1 (``string_label_to_class_id``);
+  a score that is not a number gives ``UNPARSEABLE_SCORE`` = -1.0
+  (``string_to_float``), outside STS-B's 0..5 range.
+  """
   text = text.strip()
   if spec.kind == "regression":
     try:
       return float(text)
     except ValueError:
-      return 0.0
+      return UNPARSEABLE_SCORE
   if spec.kind == "entity_ranking":
     return text
   return spec.label_names.index(text) if text in spec.label_names else -1

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 
+import flax.linen as nn
+import gin
+import jax
 import numpy as np
 import pytest
+import seqio
 import tensorflow as tf
 
 from lmlab.data import denoising, pipeline, vocabularies
@@ -84,6 +89,65 @@ def test_span_corruption_rows_reconstruct_documents_piece_by_piece():
       assert not spans, "every sentinel of the targets appears in the inputs"
       assert 2 <= len(tokens) <= raw_length and max(tokens) < sentinel_floor
       assert vocab.decode(tokens)  # real text
+
+
+def _byte_sentinels(ids) -> list[int]:
+  """Ids that can only be sentinels in ByT5's layout: bytes 0xF5..0xFF (never in UTF-8), ids 248..258."""
+  return [int(i) for i in ids if 0xF5 + 3 <= i < 259]
+
+
+def test_byt5_task_sentinels_count_down_from_258_like_released_byt5():
+  """ByT5 and MrT5 pretrained with ByteVocabulary() (no extra ids): sentinel j is id 258 - j."""
+  task = seqio.get_mixture_or_task("lmlab.embedded_byt5_span_corruption")
+  vocab = task.output_features["targets"].vocabulary
+  assert vocab.vocab_size == 259 and vocab.extra_ids == 0
+  dataset = task.get_dataset({"inputs": 1024, "targets": 189}, split="validation", shuffle=False, seed=0)
+  examples = list(dataset.take(12).as_numpy_iterator())
+  assert examples
+  for ex in examples:
+    inputs, targets = ex["inputs"][:-1], ex["targets"][:-1]  # drop EOS
+    assert ex["inputs"][-1] == ex["targets"][-1] == vocabularies.EOS_ID
+    used = _byte_sentinels(inputs)
+    assert used == list(range(258, 258 - len(used), -1)) and 1 <= len(used) <= 9
+    assert _byte_sentinels(targets) == used and targets[0] == 258
+    assert max(inputs.max(), targets.max()) <= 258, "no id above the byte range (old layout: 383)"
+    # As bytes, the target reads: 0xFF, span 0, 0xFE, span 1, ...; decoding drops the sentinel bytes.
+    raw = bytes(int(t) - 3 for t in targets)
+    assert raw[0] == 0xFF and [b for b in raw if b >= 0xF5] == [0xFF - j for j in range(len(used))]
+    assert "\ufffd" in raw.decode("utf-8", errors="replace")
+    assert vocab.decode(targets.tolist()) == raw.decode("utf-8", errors="ignore")
+    # Each sentinel of the inputs stands for the span that follows it in the targets.
+    spans = re.split(rb"[\xf5-\xff]", raw)[1:]
+    pieces = re.split(rb"[\xf5-\xff]", bytes(int(t) - 3 for t in inputs))
+    original = b"".join(p + s for p, s in zip(pieces, spans + [b""]))
+    assert len(original) == len(inputs) - len(used) + sum(map(len, spans))
+    assert max(original, default=0) < 0xF5
+
+
+@pytest.mark.parametrize("gin_file", ["runs/byt5_quickstart.gin", "runs/mrt5_quickstart.gin"])
+def test_byte_quickstarts_build_a_384_row_model_for_the_released_layout(gin_file, tmp_path):
+  """The quickstart gin files still parse, size the embedding to ByT5's 384 rows and run a real batch."""
+  from lmlab import main as cli  # pylint: disable=import-outside-toplevel
+  from lmlab.training.config import DataConfig  # pylint: disable=import-outside-toplevel
+  gin.clear_config()
+  try:
+    cli.parse_gin([gin_file], [f"MODEL_DIR = '{tmp_path}'"], [])
+    data = DataConfig()
+    model = gin.query_parameter("run.model").scoped_configurable_fn()
+  finally:
+    gin.clear_config()
+  # What the train mode does (runs.prepare): fill in the vocabulary size from the task.
+  model = model.with_vocab_size(pipeline.vocabulary_for(data.mixture_or_task_name).vocab_size)
+  assert data.mixture_or_task_name == "lmlab.embedded_byt5_span_corruption"
+  assert model.config.vocab_size == vocabularies.BYT5_EMBEDDING_ROWS == 384
+  assert (model.config.delete_gate_layer is not None) == ("mrt5" in gin_file)
+  batch = next(pipeline.get_dataset(data.mixture_or_task_name, "validation", data.feature_lengths, 2,
+                                    shuffle=False, seed=0, repeat=False).as_numpy_iterator())
+  assert batch["decoder_target_tokens"].max() <= 258 and 258 in batch["decoder_target_tokens"]
+  params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), 2))
+  assert params["token_embedder"]["embedding"].shape[0] == 384
+  sums = jax.jit(model.loss_sums)(params, batch)
+  assert np.isfinite(float(sums["loss_sum"])) and float(sums["weight_sum"]) > 0
 
 
 def test_same_seed_same_batches_other_seed_or_shard_other_batches():

@@ -89,6 +89,52 @@ def test_short_chunks_still_corrupt_and_reconstruct():
     assert sum(lengths) == noise and len(lengths) == spans and noise < len(row)
 
 
+def _t5_counts(length: int, density: float, mean_span: float) -> tuple[int, int]:
+  """T5's ``random_spans_noise_mask`` counts, re-done in numpy float32 (np.round: halves to even)."""
+  noise = int(np.round(np.float32(length) * np.float32(density)))
+  noise = min(max(noise, 1), length - 1)
+  spans = int(np.round(np.float32(noise) / np.float32(mean_span)))
+  return noise, max(spans, 1)
+
+
+def _float64_counts(length: int, density: float, mean_span: float) -> tuple[int, int]:
+  """The same rule in Python floats (what lmlab used to compute)."""
+  noise = min(max(round(length * density), 1), length - 1)
+  return noise, max(round(noise / mean_span), 1)
+
+
+@pytest.mark.parametrize("density,mean_span,num_differ", [(0.15, 3.0, 39), (0.15, 20.0, 39), (0.3, 3.0, 81)])
+def test_noise_counts_round_in_float32_like_t5(density, mean_span, num_differ):
+  lengths = range(2, 5000)
+  want = [_t5_counts(n, density, mean_span) for n in lengths]
+  assert [denoising.noise_counts(n, density, mean_span) for n in lengths] == want
+  noise, spans = denoising._counts_tf(tf.range(2, 5000), density, mean_span)  # pylint: disable=protected-access
+  assert list(zip(noise.numpy().tolist(), spans.numpy().tolist())) == want
+  # Python floats round some of these lengths the other way (so the old helper failed this test).
+  differ = [n for n, w in zip(lengths, want) if _float64_counts(n, density, mean_span) != w]
+  assert len(differ) == num_differ
+  if density == 0.15:
+    assert differ[0] == 190  # 190 * 0.15: 29 noise tokens in float32, 28 in float64
+    assert denoising.noise_counts(190, density, mean_span)[0] == 29
+
+
+def test_graph_corruption_uses_the_float32_counts():
+  rows = [_random_rows(1, n, 3, SPM_SIZE, seed=n)[0] for n in (190, 350, 390, 670)]
+  for row, (inputs, targets) in zip(rows, _corrupt_all(rows, SPM_SIZE + 100, 0.15, 3.0)):
+    _, lengths = _uncorrupt(inputs, targets, SPM_SIZE + 100, 100)
+    assert (sum(lengths), len(lengths)) == _t5_counts(len(row), 0.15, 3.0)
+
+
+@pytest.mark.parametrize("mean_span", [3.0, 20.0])
+def test_length_helper_fills_inputs_exactly_under_the_float32_counts(mean_span):
+  for inputs_length in range(3, 1100):
+    raw, targets_length = denoising.span_corruption_lengths(inputs_length, 0.15, mean_span)
+    noise, spans = _t5_counts(raw, 0.15, mean_span)
+    assert raw - noise + spans + 1 <= inputs_length and noise + spans + 1 == targets_length
+    noise, spans = _t5_counts(raw + 1, 0.15, mean_span)
+    assert raw + 1 - noise + spans + 1 > inputs_length, inputs_length
+
+
 def test_length_helper_matches_t5_and_byt5():
   assert denoising.span_corruption_lengths(512, 0.15, 3.0) == (568, 114)
   assert denoising.span_corruption_lengths(1024, 0.15, 20.0) == (1193, 189)
@@ -112,7 +158,7 @@ def _documents(rows):
 
 def test_too_few_extra_ids_and_short_targets_are_refused():
   rows = _random_rows(2, 600, 3, SPM_SIZE)
-  with pytest.raises(ValueError, match=r"at least 28 extra ids.*extra_ids=0.*with_sentinels"):
+  with pytest.raises(ValueError, match=r"at least 28 sentinel ids but has 0 \(extra_ids=0.*with_sentinels"):
     denoising.span_corruption(_documents(rows), {"inputs": 512, "targets": 114},
                               _features(vocabularies.embedded_vocabulary()))
   with pytest.raises(ValueError, match="set it to 114"):
@@ -120,6 +166,22 @@ def test_too_few_extra_ids_and_short_targets_are_refused():
                               _features(vocabularies.embedded_vocabulary_with_sentinels()))
   with pytest.raises(ValueError, match="extra_ids=1"):
     vocabularies.sentinel_id(vocabularies.byte_vocabulary(), 1)
+
+
+def test_byte_sentinels_stop_where_utf8_text_begins():
+  """ByT5's sentinels are the 11 top byte ids (bytes 0xF5..0xFF); more spans need the legacy layout."""
+  docs = _random_rows(2, 600, 3, 3 + 0xF5)
+  with pytest.raises(ValueError, match=r"at least 28 sentinel ids but has 11.*byt5_legacy_vocabulary"):
+    denoising.span_corruption(_documents(docs), {"inputs": 512, "targets": 114},
+                              _features(vocabularies.byt5_vocabulary()))
+  legacy = vocabularies.byt5_legacy_vocabulary()
+  with seqio.utils.map_seed_manager(0):
+    examples = list(denoising.span_corruption(_documents(docs), {"inputs": 512, "targets": 114},
+                                              _features(legacy)).as_numpy_iterator())
+  assert examples[0]["targets"][0] == 383  # the old layout's sentinel 0
+  # ByT5's own setting (inputs 1024, mean span 20) needs 9 of the 11.
+  raw = denoising.span_corruption_lengths(1024, 0.15, 20.0)[0]
+  assert denoising.noise_counts(raw, 0.15, 20.0)[1] == 9
 
 
 def test_preprocessor_chunks_documents_and_is_reproducible_yet_fresh_per_epoch():
@@ -151,9 +213,15 @@ def test_sentinel_ids_are_the_top_extra_ids():
   assert spm.vocab_size == SPM_SIZE + 100
   assert vocabularies.sentinel_id(spm, 0) == SPM_SIZE + 99
   assert spm.tokenizer.id_to_piece(vocabularies.sentinel_id(spm, 5)).endswith("<extra_id_5>")
+  # Released ByT5 (and MrT5's first_sentinel=258): no extra ids, sentinel j is byte id 258 - j.
   byt5 = vocabularies.byt5_vocabulary()
-  assert byt5.vocab_size == 384 and vocabularies.sentinel_id(byt5, 124) == 259
-  assert max(byt5.encode("\u00ff\U0010ffff")) < 259  # every byte is below the sentinels
+  assert byt5.vocab_size == 259 and byt5.extra_ids == 0
+  assert [vocabularies.sentinel_id(byt5, j) for j in range(11)] == list(range(258, 247, -1))
+  with pytest.raises(ValueError, match="sentinels 0..10 only"):
+    vocabularies.sentinel_id(byt5, 11)
+  assert max(byt5.encode("\u00ff\U0010ffff")) < 248  # UTF-8 never reaches the sentinel bytes
+  legacy = vocabularies.byt5_legacy_vocabulary()
+  assert legacy.vocab_size == 384 and vocabularies.sentinel_id(legacy, 124) == 259
   assert vocabularies.mask_id(spm) == vocabularies.mask_id(vocabularies.embedded_vocabulary())
   low, high = vocabularies.random_token_range(spm)
   assert high == SPM_SIZE, "MLM random replacement never draws a sentinel"

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import pytest
+from sklearn import metrics as sk_metrics
 
 from lmlab.glue import metrics as gm
 from lmlab.glue.spec import TASKS
@@ -55,9 +56,37 @@ def test_mrpc_f1_and_accuracy_by_hand():
 def test_f1_degenerate_and_unparseable_predictions():
   assert gm.f1([0, 0, 0], [1, 0, 1]) == 0.0  # no positive prediction: P = 0/0
   assert gm.f1([1, 0], [0, 0]) == 0.0  # no positive label: R = 0/0
-  # A text-to-text output that failed to parse (-1) is a wrong negative:
+  # A text-to-text output that failed to parse (-1) against label 1 is a wrong negative:
   # labels 1 1 0, predictions 1 -1 0: TP 1, FN 1, FP 0 -> P 1, R 1/2, F1 2/3
   assert gm.f1([1, -1, 0], [1, 1, 0]) == pytest.approx(200 / 3)
+
+
+def _t5_f1_score_with_invalid(targets, predictions) -> float:
+  """t5/evaluation/metrics.py f1_score_with_invalid: an invalid prediction becomes 1 - target."""
+  targets, predictions = np.asarray(targets), np.array(predictions)
+  invalid = np.logical_and(predictions != 0, predictions != 1)
+  predictions[invalid] = 1 - targets[invalid]
+  return 100 * float(sk_metrics.f1_score(targets, predictions))
+
+
+def test_f1_counts_an_invalid_prediction_as_wrong_like_t5():
+  # predictions -1 1, labels 0 1: T5 reads -1 as 1 (the opposite of 0), a false positive:
+  # TP 1, FP 1, FN 0 -> P 1/2, R 1 -> F1 2/3 (as "not positive" it was a free true negative: F1 1)
+  assert _t5_f1_score_with_invalid([0, 1], [-1, 1]) == pytest.approx(200 / 3)
+  assert gm.f1([-1, 1], [0, 1]) == pytest.approx(200 / 3)
+  assert gm.multirc_f1a([-1, 1], [0, 1]) == pytest.approx(200 / 3)
+  assert gm.compute(TASKS["glue_qqp"], [-1, 1], [0, 1]) == pytest.approx(
+      {"f1": 200 / 3, "accuracy": 50.0, "average": (200 / 3 + 50.0) / 2})
+  rng = np.random.default_rng(0)
+  for _ in range(50):
+    labels = rng.integers(0, 2, size=20)
+    predictions = rng.choice([-1, 0, 1, 2], size=20)
+    assert gm.f1(predictions, labels) == pytest.approx(_t5_f1_score_with_invalid(labels, predictions))
+    # Accuracy and MCC take the invalid ids as they are, as T5's scikit-learn calls do.
+    assert gm.accuracy(predictions, labels) == pytest.approx(
+        100 * sk_metrics.accuracy_score(labels, predictions))
+    assert gm.matthews_corrcoef(predictions, labels) == pytest.approx(
+        100 * sk_metrics.matthews_corrcoef(labels, predictions))
 
 
 def test_cb_macro_f1_over_three_classes():

@@ -145,10 +145,31 @@ def test_labels_round_trip_through_target_text(name):
   assert glue_tasks.postprocess_prediction(spec, "no such class") == -1
 
 
+def _t5_string_to_float(string, default=-1.0):
+  """t5/data/postprocessors.py string_to_float."""
+  try:
+    return float(string)
+  except ValueError:
+    return default
+
+
 def test_stsb_and_record_postprocessing():
   assert glue_tasks.postprocess_prediction(TASKS["glue_stsb"], "3.8") == pytest.approx(3.8)
-  assert glue_tasks.postprocess_prediction(TASKS["glue_stsb"], "three") == 0.0
   assert glue_tasks.postprocess_prediction(TASKS["super_glue_record"], " Paris ") == "Paris"
+
+
+@pytest.mark.parametrize("text", ["three", "", "3.8.1", "n/a", "4,2"])
+def test_unparseable_stsb_score_is_minus_one_like_t5(text):
+  stsb = TASKS["glue_stsb"]
+  assert glue_tasks.postprocess_prediction(stsb, text) == _t5_string_to_float(text) == -1.0
+  # The seqio path scores it as -1 too: predictions 1 -1 3 against labels 1 2 3, centred
+  # 0 -2 2 and -1 0 1: r = 2 / sqrt(8 * 2) = 1/2 (reading it as 0.0 instead gave r = 0.65).
+  task = seqio.get_mixture_or_task("lmlab.glue_stsb_t2t")
+  examples = [{"label": 1.0}, {"label": 2.0}, {"label": 3.0}]
+  targets = [task.postprocess_fn("", example=e, is_target=True) for e in examples]
+  predictions = [task.postprocess_fn(t, example=e) for t, e in zip(["1.0", text, "3.0"], examples)]
+  assert predictions == [1.0, -1.0, 3.0]
+  assert task.metric_fns[0](targets, predictions)["pearson"] == pytest.approx(50.0)
 
 
 def test_every_format_and_mixture_is_registered():
