@@ -17,6 +17,9 @@ from typing import Optional, Sequence
 import gin
 
 GIN_MACRO_PREFIX = "--gin."
+# Exit status after SIGTERM made the run save a checkpoint and stop (128 + SIGTERM,
+# what schedulers expect of a terminated job; the same command resumes).
+PREEMPTED_EXIT_CODE = 143
 
 
 def default_gin_search_paths() -> list[str]:
@@ -114,6 +117,10 @@ def main(argv: Optional[Sequence[str]] = None) -> object:
     from lmlab import runs  # pylint: disable=g-import-not-at-top
     result = runs.run()
   except (ValueError, FileNotFoundError, PermissionError, KeyError, RuntimeError, IOError) as e:
+    from lmlab.training.trainer import PreemptedError  # pylint: disable=g-import-not-at-top
+    if isinstance(e, PreemptedError):  # a checkpoint was saved: not an error of the run
+      print(f"lmlab: {e}", file=sys.stderr)
+      raise SystemExit(PREEMPTED_EXIT_CODE) from None
     if os.environ.get("LMLAB_TRACEBACK"):
       raise
     print(f"lmlab: error: {e}", file=sys.stderr)

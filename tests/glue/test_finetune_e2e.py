@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
+import threading
 
 import flax.linen as nn
 import jax
@@ -28,7 +30,11 @@ from lmlab.wrappers.encoder_decoder import EncoderDecoderModel
 from lmlab.wrappers.masked_lm import MaskedLMModel
 from lmlab.models import EncoderConfig
 from lmlab.models.config import T5Config
+from lmlab.glue.task_data import TaskData
+from lmlab.training import checkpointing
 from lmlab.training.config import TrainConfig
+from lmlab.training.partitioning import MeshConfig, Partitioner
+from lmlab.training.trainer import NonFiniteLossError, PreemptedError
 from lmlab.training.optimizers import OptimizerConfig
 
 MOCK_EXAMPLES = 6
@@ -191,3 +197,82 @@ def test_command_line_finetune_mode(tmp_path, mocked_glue, capsys):
   assert result["tasks"]["glue_rte"][0]["train_steps"] == 2
   assert "| glue_rte | accuracy | 1 |" in capsys.readouterr().out
   assert (tmp_path / "leaderboard" / "RTE.tsv").exists()
+
+
+# ---------------------------------------------------------------------------
+# Fine-tuning is a Trainer run: sharding, resume, preemption, NaN guard, logs.
+
+
+def _records(run_dir) -> list[dict]:
+  return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _train_losses(run_dir) -> list[float]:
+  return [r["train/loss"] for r in _records(run_dir) if "train/loss" in r]
+
+
+def test_finetune_on_an_fsdp_tensor_mesh_equals_one_device(tmp_path, mocked_glue):
+  losses, scores = {}, {}
+  for name, mesh in (("one", MeshConfig(num_devices=1)), ("mesh", MeshConfig(ici_shape=(1, 4, 2)))):
+    config = _config(tmp_path / name, "bert", ["glue_rte"], train_steps=6,
+                     write_test_predictions=False)
+    summary = _run(config, partitioner=Partitioner(mesh))
+    run_dir = tmp_path / name / "finetune" / "glue_rte" / "seed_0"
+    losses[name] = _train_losses(run_dir)
+    scores[name] = [h["main"] for h in summary["tasks"]["glue_rte"][0]["history"]]
+    assert (run_dir / "tensorboard").is_dir()
+  assert len(losses["one"]) == 6
+  np.testing.assert_allclose(losses["mesh"], losses["one"], rtol=1e-5)
+  assert scores["mesh"] == scores["one"]
+
+
+def _preempt_at_batch(index: int):
+  """A ``TaskData.train_batches`` that sends this process SIGTERM when batch ``index`` is fetched."""
+  original = TaskData.train_batches
+
+  def train_batches(self, *args, **kwargs):
+    source = original(self, *args, **kwargs)
+
+    def from_step(start):
+      for i, batch in enumerate(source(start), start):
+        if i == index:
+          os.kill(os.getpid(), signal.SIGTERM)
+        yield batch
+    return from_step
+  return train_batches
+
+
+def test_sigterm_mid_seed_saves_and_the_restart_ends_bitwise_equal(tmp_path, mocked_glue,
+                                                                    monkeypatch):
+  assert threading.current_thread() is threading.main_thread()  # where SIGTERM is handled
+  kwargs = dict(train_steps=6, checkpoint_every=100, keep_train_checkpoints=True,
+                write_test_predictions=False)
+  reference = _config(tmp_path / "ref", "bert", ["glue_rte"], **kwargs)
+  _run(reference)
+  cut = _config(tmp_path / "cut", "bert", ["glue_rte"], **kwargs)
+  with monkeypatch.context() as patch:
+    patch.setattr(TaskData, "train_batches", _preempt_at_batch(3))
+    with pytest.raises(PreemptedError, match="after step 4"):
+      _run(cut)
+  run_dir = tmp_path / "cut" / "finetune" / "glue_rte" / "seed_0"
+  assert checkpointing.latest_step(str(run_dir)) == 4
+  assert not (run_dir / "result.json").exists()
+  resumed = _run(cut)["tasks"]["glue_rte"][0]
+  expected = json.loads((tmp_path / "ref" / "finetune" / "glue_rte" / "seed_0" /
+                         "result.json").read_text())
+  assert resumed["history"] == expected["history"]
+  assert resumed["best_step"] == expected["best_step"]
+  _, got = checkpointing.load_params(str(run_dir))
+  _, want = checkpointing.load_params(str(tmp_path / "ref" / "finetune" / "glue_rte" / "seed_0"))
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree_util.tree_leaves(want)):
+    assert np.array_equal(a, b), jax.tree_util.keystr(path)
+  ref_losses = _train_losses(tmp_path / "ref" / "finetune" / "glue_rte" / "seed_0")
+  assert _train_losses(run_dir) == ref_losses  # steps 1-4, then 5-6 after the restart
+
+
+def test_a_non_finite_fine_tuning_loss_stops_naming_the_step(tmp_path, mocked_glue):
+  config = _config(tmp_path, "bert", ["glue_rte"], learning_rate=1e30, clip_grad_norm=None,
+                   train_steps=4)
+  with pytest.raises(NonFiniteLossError, match=r"at step \d"):
+    _run(config)
+  assert not (tmp_path / "finetune" / "glue_rte" / "seed_0" / "result.json").exists()
