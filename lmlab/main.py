@@ -20,12 +20,19 @@ GIN_MACRO_PREFIX = "--gin."
 
 
 def default_gin_search_paths() -> list[str]:
-  """The repo's ``gin/`` folder (editable installs) and the installed copy."""
-  candidates = [
-      pathlib.Path(__file__).resolve().parent.parent / "gin",
-      pathlib.Path(sys.prefix) / "share" / "lmlab" / "gin",
-  ]
-  return [str(p) for p in candidates if p.is_dir()]
+  """The repo's ``gin/`` folder (checkouts, editable installs) and the installed copy.
+
+  Installed, ``lmlab`` sits in site-packages next to the gin-config package, also
+  named ``gin``: a folder with an ``__init__.py`` is that package, not gin files.
+  """
+  checkout = pathlib.Path(__file__).resolve().parent.parent / "gin"
+  installed = pathlib.Path(sys.prefix) / "share" / "lmlab" / "gin"
+  paths = []
+  if checkout.is_dir() and not (checkout / "__init__.py").exists():
+    paths.append(checkout)
+  if installed.is_dir():
+    paths.append(installed)
+  return [str(p) for p in paths]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -93,8 +93,12 @@ def test_installed_gin_files_resolve_from_the_prefix(wheel, tmp_path, monkeypatc
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(archive.read(name))
   monkeypatch.setattr(sys, "prefix", str(prefix))
-  # As if lmlab/main.py lived in site-packages: the checkout's gin/ is no candidate.
-  monkeypatch.setattr(cli, "__file__", str(tmp_path / "site-packages" / "lmlab" / "main.py"))
+  # As if lmlab/main.py lived in site-packages, next to the gin-config package (also
+  # called gin): neither the checkout's gin/ nor that package may be searched.
+  site_packages = tmp_path / "site-packages"
+  (site_packages / "gin").mkdir(parents=True)
+  (site_packages / "gin" / "__init__.py").write_text("")
+  monkeypatch.setattr(cli, "__file__", str(site_packages / "lmlab" / "main.py"))
   assert cli.default_gin_search_paths() == [str(prefix / INSTALLED_GIN)]
 
   # gin keeps one process-wide list of search paths; start this test from an empty one
