@@ -23,18 +23,26 @@ PREEMPTED_EXIT_CODE = 143
 
 
 def default_gin_search_paths() -> list[str]:
-  """The repo's ``gin/`` folder (editable installs) and the installed copy."""
-  candidates = [
-      pathlib.Path(__file__).resolve().parent.parent / "gin",
-      pathlib.Path(sys.prefix) / "share" / "lmlab" / "gin",
-  ]
-  return [str(p) for p in candidates if p.is_dir()]
+  """The repo's ``gin/`` folder (checkouts, editable installs) and the installed copy.
+
+  Installed, ``lmlab`` sits in site-packages next to the gin-config package, also
+  named ``gin``: a folder with an ``__init__.py`` is that package, not gin files.
+  """
+  checkout = pathlib.Path(__file__).resolve().parent.parent / "gin"
+  installed = pathlib.Path(sys.prefix) / "share" / "lmlab" / "gin"
+  paths = []
+  if checkout.is_dir() and not (checkout / "__init__.py").exists():
+    paths.append(checkout)
+  if installed.is_dir():
+    paths.append(installed)
+  return [str(p) for p in paths]
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="python -m lmlab.main",
-      description="Pretrain, evaluate or run inference with a gin-configured lmlab model.",
+      description="Pretrain, evaluate, fine-tune or run inference with a gin-configured lmlab "
+                  "model.",
       epilog="Any --gin.NAME=VALUE binds gin macro or parameter NAME, e.g. --gin.TRAIN_STEPS=100 "
              "or --gin.MODEL_DIR='\"/tmp/run\"'.")
   parser.add_argument("--gin_file", action="append", default=[],
@@ -45,8 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--gin_search_paths", action="append", default=[],
                       help="Extra folders (comma-separated, repeatable) searched for gin files.")
   parser.add_argument("--run_mode", default="train", choices=("train", "eval", "infer", "finetune"),
-                      help="finetune: GLUE/SuperGLUE fine-tuning configured by FinetuneConfig "
-                           "(see runs/finetune_glue.gin).")
+                      help="train (default): pretrain, resuming from the newest checkpoint in "
+                           "MODEL_DIR if there is one. eval: score the newest checkpoint on the "
+                           "eval split, written to MODEL_DIR/eval_results.json. infer: fill "
+                           "the <mask> slots of fill_mask_inputs.texts (encoders) or decode as "
+                           "InferConfig says (encoder-decoders), by default into "
+                           "MODEL_DIR/inference/. finetune: GLUE/SuperGLUE fine-tuning "
+                           "configured by FinetuneConfig (e.g. finetune/glue.gin).")
   parser.add_argument("--tfds_data_dir", default=None,
                       help="Directory of prepared TFDS datasets (for tasks such as lmlab.c4_mlm).")
   multi = parser.add_argument_group(

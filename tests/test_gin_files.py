@@ -1,9 +1,10 @@
-"""Every gin file parses, finalizes, and builds its model (init + one forward pass)."""
+"""Every gin file parses, finalizes and builds its model (init + one forward pass); every gin file the docs name exists."""
 
 from __future__ import annotations
 
 import dataclasses
 import pathlib
+import re
 
 import flax.linen as nn
 import gin
@@ -125,3 +126,21 @@ def test_finetune_file_names_real_tasks_and_fields(path, tmp_path):
     assert config.for_task(name).learning_rate > 0  # overrides name real fields
   assert config.init_checkpoint_dir == f"{tmp_path}/pretrained"
   assert type(config.network).__name__ == ("T5Config" if t5 else "EncoderConfig")
+
+
+# A gin file named in the docs, the CLI help or another gin file's comments, as
+# `folder/name.gin` or `gin/folder/name.gin`.
+_GIN_REFERENCE = re.compile(r"(?<![\w/.-])(?:gin/)?([a-z0-9_]+/[a-z0-9_]+\.gin)\b")
+
+
+def test_gin_files_named_in_docs_and_help_exist():
+  repo = GIN_DIR.parent
+  sources = {"lmlab.main --help": cli.build_parser().format_help()}
+  for pattern in ("README.md", "docs/*.md", "lmlab/**/*.py", "gin/**/*.gin", "experiments/**/*",
+                  "colab/*.ipynb"):
+    for path in repo.glob(pattern):
+      if path.is_file():
+        sources[str(path.relative_to(repo))] = path.read_text(encoding="utf-8", errors="replace")
+  missing = sorted({(where, name) for where, text in sources.items()
+                    for name in _GIN_REFERENCE.findall(text) if not (GIN_DIR / name).is_file()})
+  assert not missing, f"references to gin files that do not exist: {missing}"

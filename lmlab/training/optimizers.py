@@ -8,23 +8,27 @@ second moments, decay 0.8, update clipping at 1, updates scaled by the
 parameter's RMS, no momentum), usually with the ``rsqrt`` schedule
 (``gin/optimizers/adafactor_t5.gin``).
 
-State-space parameters (the S4D ``A_re``, ``A_im`` and ``log_step`` of BiGS)
-can train with a smaller learning rate (``ssm_learning_rate_scale``, 0.1 in
-the BiGS recipe, as S4 does) or be frozen (``freeze_ssm``, an option for
-fine-tuning); like biases and norms they are never weight-decayed.
+Groups of parameters are picked by regular expressions over their path, the
+tree keys joined by ``/`` (e.g. ``encoder/layers_0/forward_ssm/A_re``):
+``learning_rate_scales`` gives a group its own learning-rate factor,
+``frozen`` keeps a group fixed and ``no_decay`` exempts it from weight decay.
+The BiGS recipe (``gin/runs/bigs_pretrain.gin``) trains the S4D parameters at
+0.1x the learning rate this way, as S4 does. A pattern that matches no
+parameter of the model is an error when the optimizer state is created, so a
+typo cannot silently turn an option off.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+import math
+import re
+from typing import Any, Mapping, Optional, Sequence
 
 import gin
 import jax
 import jax.numpy as jnp
 import optax
-
-from lmlab.models.ssm import SSM_PARAMETER_NAMES
 
 SCHEDULES = ("linear", "cosine", "constant", "inverse_sqrt", "rsqrt")
 OPTIMIZERS = ("adamw", "adafactor")
@@ -59,10 +63,20 @@ class OptimizerConfig:
     adafactor_clipping_threshold: Adafactor's update clipping (RMS).
     adafactor_scale_by_parameter: Scale Adafactor updates by the parameter's
       RMS (relative step size, as in T5).
-    ssm_learning_rate_scale: Factor on the learning rate of state-space
-      parameters (``SSM_PARAMETER_NAMES``); 1 trains them like the rest.
-    freeze_ssm: Keep state-space parameters fixed: their gradients are zeroed
-      before clipping, so they neither move nor count in the global norm.
+    learning_rate_scales: Regular expression -> factor. Each pattern must
+      match the whole ``/``-joined path of the parameters it selects; their
+      updates are multiplied by the factor, i.e. they train with
+      ``factor * learning_rate`` (with Adafactor, whose weight decay is not
+      scaled by the learning rate, the decay is scaled too). A parameter may
+      match at most one pattern. Example (BiGS):
+      ``{'.*/(A_re|A_im|log_step)': 0.1}``.
+    frozen: Patterns of parameters kept fixed: their gradients are zeroed
+      before clipping, so they neither move nor count in the global norm, and
+      so are their updates (no weight decay either). Frozen wins over
+      ``learning_rate_scales``.
+    no_decay: Patterns of parameters exempt from weight decay. Without them
+      decay applies to leaves named ``kernel`` or ``embedding`` only (never to
+      biases, norm scales or state-space parameters).
   """
 
   optimizer: str = "adamw"
@@ -79,8 +93,9 @@ class OptimizerConfig:
   adafactor_decay_rate: float = 0.8
   adafactor_clipping_threshold: Optional[float] = 1.0
   adafactor_scale_by_parameter: bool = True
-  ssm_learning_rate_scale: float = 1.0
-  freeze_ssm: bool = False
+  learning_rate_scales: Mapping[str, float] = dataclasses.field(default_factory=dict)
+  frozen: Sequence[str] = ()
+  no_decay: Sequence[str] = ()
 
   def __post_init__(self):
     if self.optimizer not in OPTIMIZERS:
@@ -93,9 +108,41 @@ class OptimizerConfig:
     if self.warmup_steps < 0 or self.learning_rate <= 0:
       raise ValueError("OptimizerConfig needs learning_rate > 0 and warmup_steps >= 0, got "
                        f"learning_rate={self.learning_rate}, warmup_steps={self.warmup_steps}.")
-    if self.ssm_learning_rate_scale < 0:
-      raise ValueError("OptimizerConfig.ssm_learning_rate_scale must be >= 0, got "
-                       f"{self.ssm_learning_rate_scale}; use freeze_ssm=True to keep them fixed.")
+    if not isinstance(self.learning_rate_scales, Mapping):
+      raise ValueError("OptimizerConfig.learning_rate_scales must map patterns to factors, e.g. "
+                       f"{{'.*/A_re': 0.1}}; got {self.learning_rate_scales!r}.")
+    for pattern, factor in self.learning_rate_scales.items():
+      _compile("learning_rate_scales", pattern)
+      if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not (
+          math.isfinite(factor) and factor >= 0):
+        raise ValueError(f"OptimizerConfig.learning_rate_scales[{pattern!r}] must be a finite "
+                         f"factor >= 0, got {factor!r}; list the pattern in "
+                         "OptimizerConfig.frozen to keep those parameters fixed.")
+    object.__setattr__(self, "learning_rate_scales", dict(self.learning_rate_scales))
+    for field in ("frozen", "no_decay"):
+      patterns = getattr(self, field)
+      if isinstance(patterns, str) or not isinstance(patterns, Sequence):
+        raise ValueError(f"OptimizerConfig.{field} must be a list of patterns, e.g. "
+                         f"['.*/A_re'], got {patterns!r}.")
+      for pattern in patterns:
+        _compile(field, pattern)
+      object.__setattr__(self, field, tuple(patterns))
+
+  def patterns(self) -> dict[str, tuple[str, ...]]:
+    """Every option's patterns, by option name."""
+    return {"learning_rate_scales": tuple(self.learning_rate_scales), "frozen": self.frozen,
+            "no_decay": self.no_decay}
+
+
+def _compile(field: str, pattern: Any) -> re.Pattern:
+  if not isinstance(pattern, str) or not pattern:
+    raise ValueError(f"OptimizerConfig.{field}: a pattern must be a non-empty string (a regular "
+                     f"expression over '/'-joined parameter paths), got {pattern!r}.")
+  try:
+    return re.compile(pattern)
+  except re.error as e:
+    raise ValueError(f"OptimizerConfig.{field}: {pattern!r} is not a valid regular expression "
+                     f"({e}).") from None
 
 
 def make_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
@@ -125,34 +172,73 @@ def make_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
 DECAYED_PARAMETER_NAMES = ("kernel", "embedding")
 
 
-def _leaf_name_mask(params: Any, names: tuple[str, ...]) -> Any:
-  """True for the leaves whose own name (last path entry) is in ``names``."""
-  def named(path, _):
-    last = path[-1]
-    return str(getattr(last, "key", getattr(last, "name", ""))) in names
-  return jax.tree_util.tree_map_with_path(named, params)
+def _key_str(entry: Any) -> str:
+  for attribute in ("key", "name", "idx"):
+    if hasattr(entry, attribute):
+      return str(getattr(entry, attribute))
+  return str(entry)
 
 
-def decay_mask(params: Any) -> Any:
-  """True for weight matrices and embeddings, False for biases, norm scales and SSM parameters.
+def parameter_path(path: Sequence[Any]) -> str:
+  """A tree path as the ``/``-joined string the patterns match, e.g. ``encoder/layers_0/A_re``."""
+  return "/".join(_key_str(entry) for entry in path)
+
+
+def parameter_paths(params: Any) -> list[str]:
+  """The ``/``-joined path of every leaf, in tree order."""
+  return [parameter_path(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
+def pattern_mask(params: Any, patterns: Sequence[str]) -> Any:
+  """True for the leaves whose whole path matches one of ``patterns``."""
+  compiled = [re.compile(p) for p in patterns]
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: any(c.fullmatch(parameter_path(path)) for c in compiled), params)
+
+
+def decay_mask(params: Any, no_decay: Sequence[str] = ()) -> Any:
+  """True for weight matrices and embeddings not matched by ``no_decay``.
 
   Decided by the leaf's name, not its rank: attention biases are (heads, kv)
-  matrices but must not be decayed.
+  matrices but must not be decayed; biases, norm scales and state-space
+  parameters never are.
   """
-  return _leaf_name_mask(params, DECAYED_PARAMETER_NAMES)
+  compiled = [re.compile(p) for p in no_decay]
+  def decayed(path, _):
+    return (_key_str(path[-1]) in DECAYED_PARAMETER_NAMES and
+            not any(c.fullmatch(parameter_path(path)) for c in compiled))
+  return jax.tree_util.tree_map_with_path(decayed, params)
 
 
-def ssm_mask(params: Any) -> Any:
-  """True for the state-space parameters that ``ssm_learning_rate_scale``/``freeze_ssm`` act on."""
-  return _leaf_name_mask(params, SSM_PARAMETER_NAMES)
+def check_patterns(config: OptimizerConfig, params: Any) -> None:
+  """Refuses a pattern that selects no parameter, or a parameter two learning-rate scales select."""
+  paths = parameter_paths(params)
+  for field, patterns in config.patterns().items():
+    for pattern in patterns:
+      if not any(re.fullmatch(pattern, path) for path in paths):
+        examples = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
+        raise ValueError(
+            f"OptimizerConfig.{field}: pattern {pattern!r} matches no parameter of this model. "
+            f"Patterns must match a whole '/'-joined path, such as {examples}.")
+  for path in paths:
+    scaled = [p for p in config.learning_rate_scales if re.fullmatch(p, path)]
+    if len(scaled) > 1:
+      raise ValueError(f"OptimizerConfig.learning_rate_scales: parameter {path!r} matches "
+                       f"{scaled}; each parameter may take one factor.")
 
 
 def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
-  """Gradient clipping followed by AdamW (masked weight decay) or Adafactor."""
+  """Gradient clipping followed by AdamW (masked weight decay) or Adafactor.
+
+  The patterns of ``config`` are checked against the parameters when the
+  optimizer state is created (``init``).
+  """
   schedule = make_schedule(config, total_steps)
+  frozen = lambda params: pattern_mask(params, config.frozen)
+  decayed = lambda params: decay_mask(params, config.no_decay)
   parts = []
-  if config.freeze_ssm:
-    parts.append(optax.masked(optax.set_to_zero(), ssm_mask))
+  if config.frozen:
+    parts.append(optax.masked(optax.set_to_zero(), frozen))
   if config.clip_grad_norm:
     parts.append(optax.clip_by_global_norm(config.clip_grad_norm))
   if config.optimizer == "adafactor":
@@ -160,13 +246,27 @@ def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientT
         schedule, decay_rate=config.adafactor_decay_rate,
         clipping_threshold=config.adafactor_clipping_threshold,
         multiply_by_parameter_scale=config.adafactor_scale_by_parameter,
-        weight_decay_rate=config.weight_decay or None, weight_decay_mask=decay_mask))
+        weight_decay_rate=config.weight_decay or None, weight_decay_mask=decayed))
   else:
     parts.append(
         optax.adamw(
             schedule, b1=config.b1, b2=config.b2, eps=config.eps,
-            weight_decay=config.weight_decay, mask=decay_mask))
-  if config.ssm_learning_rate_scale != 1.0 and not config.freeze_ssm:
-    # Updates are linear in the learning rate (the SSM leaves carry no weight decay).
-    parts.append(optax.masked(optax.scale(config.ssm_learning_rate_scale), ssm_mask))
-  return optax.chain(*parts)
+            weight_decay=config.weight_decay, mask=decayed))
+  for pattern, factor in config.learning_rate_scales.items():
+    if factor != 1.0:
+      # AdamW's update (decay included) is linear in the learning rate.
+      selected = lambda params, p=pattern: pattern_mask(params, [p])
+      parts.append(optax.masked(optax.scale(factor), selected))
+  if config.frozen:
+    # Zero gradients give zero Adam/Adafactor steps, but weight decay would still move them.
+    parts.append(optax.masked(optax.set_to_zero(), frozen))
+  chain = optax.chain(*parts)
+
+  def init(params):
+    # optax.tree_map_params (used for optimizer-state shardings) initialises with a
+    # leafless placeholder: there is nothing to check the patterns against then.
+    if jax.tree_util.tree_leaves(params):
+      check_patterns(config, params)
+    return chain.init(params)
+
+  return chain._replace(init=init)

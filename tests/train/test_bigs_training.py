@@ -1,18 +1,23 @@
-"""BiGS trains like the BERT encoder: SSM learning-rate options, the gin quickstart, sharding."""
+"""BiGS trains like the BERT encoder: the recipe's SSM learning rate, freezing, the quickstart, sharding."""
 
 from __future__ import annotations
 
 import json
 import pathlib
+import re
 
 import flax.linen as nn
+import gin
 import jax
 import numpy as np
 import pytest
 
+from lmlab import main as cli
 from lmlab.wrappers.masked_lm import MaskedLMModel
 from lmlab.models import EncoderConfig
-from lmlab.training.optimizers import OptimizerConfig, decay_mask, make_optimizer, make_schedule, ssm_mask
+from lmlab.models.ssm import SSM_PARAMETER_NAMES
+from lmlab.training.optimizers import (OptimizerConfig, decay_mask, make_optimizer, make_schedule,
+                                       pattern_mask)
 from lmlab.training.trainer import create_train_state, make_train_step
 
 CONFIG = EncoderConfig(vocab_size=256, d_model=32, num_layers=2, num_heads=1, d_ff=48,
@@ -47,14 +52,38 @@ def _one_step(**optimizer_fields):
 
 
 def _is_ssm(name: str) -> bool:
-  return any(f"'{leaf}'" in name for leaf in ("A_re", "A_im", "log_step"))
+  return any(f"'{leaf}'" in name for leaf in SSM_PARAMETER_NAMES)
+
+
+def _recipe_scales() -> dict:
+  """``OptimizerConfig.learning_rate_scales`` as ``runs/bigs_pretrain.gin`` binds it.
+
+  The config is cleared again, so the recipe's other bindings do not reach the
+  configs a test builds afterwards.
+  """
+  try:
+    cli.parse_gin(["models/bigs_tiny.gin", "runs/bigs_pretrain.gin"], ["MODEL_DIR = '/unused'"], [])
+    scales = dict(OptimizerConfig().learning_rate_scales)
+  finally:
+    gin.clear_config(clear_constants=True)
+  assert set(scales.values()) == {0.1}, scales
+  return scales
+
+
+def _params():
+  return nn.meta.unbox(MaskedLMModel(CONFIG).init(jax.random.PRNGKey(0), 2, 16))
+
+
+def _flat(tree) -> dict:
+  return {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 @pytest.mark.slow  # optimizer masks are unit-tested; the CLI run is long
 def test_ssm_parameters_take_a_scaled_step_or_stay_frozen():
+  scales = _recipe_scales()  # the recipe's patterns, bound the way a run binds them
   plain = _one_step(clip_grad_norm=None)
-  scaled = _one_step(clip_grad_norm=None, ssm_learning_rate_scale=0.1)
-  frozen = _one_step(ssm_learning_rate_scale=0.1, freeze_ssm=True)
+  scaled = _one_step(clip_grad_norm=None, learning_rate_scales=scales)
+  frozen = _one_step(learning_rate_scales=scales, frozen=list(scales))
   ssm_names = [n for n in plain if _is_ssm(n)]
   assert len(ssm_names) == 3 * 2 * CONFIG.num_layers  # 3 leaves x 2 directions x layers
   for name, delta in plain.items():
@@ -70,11 +99,10 @@ def test_ssm_parameters_take_a_scaled_step_or_stay_frozen():
 
 
 def test_ssm_parameters_are_not_weight_decayed():
-  params = nn.meta.unbox(MaskedLMModel(CONFIG).init(jax.random.PRNGKey(0), 2, 16))
-  decayed = {jax.tree_util.keystr(k): v
-             for k, v in jax.tree_util.tree_flatten_with_path(decay_mask(params))[0]}
-  selected = {jax.tree_util.keystr(k): v
-              for k, v in jax.tree_util.tree_flatten_with_path(ssm_mask(params))[0]}
+  params = _params()
+  decayed = _flat(decay_mask(params))
+  selected = _flat(pattern_mask(params, list(_recipe_scales())))
+  assert sum(selected.values()) == 3 * 2 * CONFIG.num_layers  # 3 leaves x 2 directions x layers
   for name, is_ssm in selected.items():
     assert is_ssm == _is_ssm(name), name
     if any(f"'{leaf}'" in name for leaf in ("A_re", "A_im", "C", "D", "log_step")):
@@ -82,9 +110,25 @@ def test_ssm_parameters_are_not_weight_decayed():
   assert any(v for k, v in decayed.items() if "forward_in" in k and "kernel" in k)
 
 
-def test_negative_ssm_learning_rate_scale_is_refused():
-  with pytest.raises(ValueError, match="ssm_learning_rate_scale must be >= 0"):
-    OptimizerConfig(ssm_learning_rate_scale=-1.0)
+def test_negative_learning_rate_scale_is_refused():
+  with pytest.raises(ValueError, match=r"learning_rate_scales\['.\*/A_re'\] must be a finite factor >= 0"):
+    OptimizerConfig(learning_rate_scales={".*/A_re": -1.0})
+
+
+@pytest.mark.parametrize("field", ["learning_rate_scales", "frozen", "no_decay"])
+def test_pattern_that_matches_no_parameter_is_refused(field):
+  """Misspelt leaf names (``A_real``) would otherwise switch the option off without a word."""
+  pattern = ".*/(A_real|A_imag)"
+  value = {pattern: 0.1} if field == "learning_rate_scales" else [pattern]
+  optimizer = make_optimizer(OptimizerConfig(**{field: value}), 100)
+  params = _params()
+  message = f"OptimizerConfig.{field}: pattern {pattern!r} matches no parameter"
+  with pytest.raises(ValueError, match=re.escape(message)) as info:
+    jax.eval_shape(optimizer.init, params)
+  assert "encoder/" in str(info.value)  # shows what a path looks like
+  # The same option with a pattern that does match builds its state.
+  good = {".*/log_step": 0.1} if field == "learning_rate_scales" else [".*/log_step"]
+  jax.eval_shape(make_optimizer(OptimizerConfig(**{field: good}), 100).init, params)
 
 
 # --- through the command line -------------------------------------------------------
@@ -120,7 +164,7 @@ def test_bigs_quickstart_validation_loss_falls(tmp_path, cli_run):
   assert len(evals) == 2 and evals[-1] < evals[0] - 1.0, evals
   config = (tmp_path / "config.gin").read_text()
   assert "EncoderConfig.mixer = 'bigs'" in config
-  assert "OptimizerConfig.ssm_learning_rate_scale = 0.1" in config
+  assert "OptimizerConfig.learning_rate_scales = {'.*/(A_re|A_im|log_step)': 0.1}" in config
 
 
 @pytest.mark.slow  # sharding, scan and remat have default tests of their own
