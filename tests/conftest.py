@@ -11,6 +11,8 @@ import gin
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+# Shared helpers (tests/testlib.py) import as ``testlib`` from any test module.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Eight fake CPU devices for this process and the runs it starts, so sharding
 # is exercised everywhere (set before JAX initialises its backends). A test

@@ -113,8 +113,10 @@ FINETUNE_FILES = sorted((GIN_DIR / "finetune").glob("*.gin"))
 
 @pytest.mark.parametrize("path", FINETUNE_FILES, ids=lambda p: p.name)
 def test_finetune_file_names_real_tasks_and_fields(path, tmp_path):
-  from lmlab.glue.finetune import FinetuneConfig  # pylint: disable=import-outside-toplevel
   from lmlab.glue import spec as glue_spec  # pylint: disable=import-outside-toplevel
+  from lmlab.glue.config import FinetuneConfig, for_task  # pylint: disable=import-outside-toplevel
+  from lmlab.training.config import TrainConfig  # pylint: disable=import-outside-toplevel
+  from lmlab.training.optimizers import OptimizerConfig  # pylint: disable=import-outside-toplevel
   t5 = "T5Config" in path.read_text()
   cli.parse_gin(["models/t5_tiny.gin" if t5 else "models/tiny.gin", str(path)],
                 [f"MODEL_DIR = '{tmp_path}'", f"PRETRAINED_DIR = '{tmp_path}/pretrained'"], [])
@@ -123,7 +125,10 @@ def test_finetune_file_names_real_tasks_and_fields(path, tmp_path):
   assert names and all(n in glue_spec.TASKS for n in names)
   for name in config.per_task:
     assert name in names
-    assert config.for_task(name).learning_rate > 0  # overrides name real fields
+    # Overrides name real fields of the three configs.
+    task_config, train, optimizer = for_task(name, config, TrainConfig(), OptimizerConfig())
+    assert task_config.epochs > 0 and train.batch_size > 0 and optimizer.learning_rate > 0
+  assert TrainConfig().model_dir == str(tmp_path)
   assert config.init_checkpoint_dir == f"{tmp_path}/pretrained"
   assert type(config.network).__name__ == ("T5Config" if t5 else "EncoderConfig")
 

@@ -14,6 +14,7 @@ nbformat = pytest.importorskip("nbformat")
 COLAB_DIR = pathlib.Path(__file__).resolve().parent.parent / "colab"
 
 
+@pytest.mark.slow  # executes the whole notebook (about 80 s on 2 cores)
 def test_quickstart_notebook_runs(tmp_path, monkeypatch):
   monkeypatch.setenv("LMLAB_NOTEBOOK_STEPS", "20")
   monkeypatch.setenv("LMLAB_NOTEBOOK_MODEL_DIR", str(tmp_path))

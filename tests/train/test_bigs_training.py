@@ -12,6 +12,8 @@ import jax
 import numpy as np
 import pytest
 
+from testlib import assert_ok, mlm_batch
+
 from lmlab import main as cli
 from lmlab.wrappers.masked_lm import MaskedLMModel
 from lmlab.models import EncoderConfig
@@ -25,16 +27,6 @@ CONFIG = EncoderConfig(vocab_size=256, d_model=32, num_layers=2, num_heads=1, d_
                        dropout_rate=0.0, attention_dropout_rate=0.0)
 
 
-def _batch(seed: int, batch: int = 8, length: int = 16) -> dict:
-  rng = np.random.RandomState(seed)
-  targets = rng.randint(4, 256, size=(batch, length)).astype(np.int32)
-  weights = (rng.rand(batch, length) < 0.3).astype(np.float32)
-  weights[:, 0] = 1.0
-  return {"input_ids": np.where(weights > 0, 3, targets).astype(np.int32), "targets": targets,
-          "loss_weights": weights, "segment_ids": np.ones((batch, length), np.int32),
-          "positions": np.tile(np.arange(length, dtype=np.int32), (batch, 1))}
-
-
 def _one_step(**optimizer_fields):
   model = MaskedLMModel(CONFIG)
   # eps far below the gradients: Adam's first step is then lr * sign(grad) for every
@@ -44,7 +36,7 @@ def _one_step(**optimizer_fields):
   optimizer = make_optimizer(opt_config, 100)
   state = create_train_state(model, optimizer, seed=0, batch_size=2, sequence_length=16)
   step = jax.jit(make_train_step(model, optimizer, make_schedule(opt_config, 100)))
-  new_state, _ = step(state, _batch(0))
+  new_state, _ = step(state, mlm_batch(0))
   flat = lambda tree: {jax.tree_util.keystr(k): np.asarray(v)
                        for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
   before, after = flat(state.params), flat(new_state.params)
@@ -153,12 +145,8 @@ def _metrics(model_dir: pathlib.Path) -> list[dict]:
   return [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def _assert_ok(proc):
-  assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
-
-
 def test_bigs_quickstart_validation_loss_falls(tmp_path, cli_run):
-  _assert_ok(cli_run("--gin_file=runs/bigs_quickstart.gin", f"--gin.MODEL_DIR='{tmp_path}'",
+  assert_ok(cli_run("--gin_file=runs/bigs_quickstart.gin", f"--gin.MODEL_DIR='{tmp_path}'",
                      *TINY_BIGS, "--gin.TRAIN_STEPS=60"))
   evals = [r["eval/loss"] for r in _metrics(tmp_path) if "eval/loss" in r]
   assert len(evals) == 2 and evals[-1] < evals[0] - 1.0, evals
@@ -169,7 +157,7 @@ def test_bigs_quickstart_validation_loss_falls(tmp_path, cli_run):
 
 @pytest.mark.slow  # sharding, scan and remat have default tests of their own
 def test_bigs_trains_sharded_with_per_channel_kernels_scan_and_remat(tmp_path, cli_run):
-  _assert_ok(cli_run("--gin_file=runs/bigs_quickstart.gin", f"--gin.MODEL_DIR='{tmp_path}'",
+  assert_ok(cli_run("--gin_file=runs/bigs_quickstart.gin", f"--gin.MODEL_DIR='{tmp_path}'",
                      "--gin_file=partitioning/fsdp_tensor.gin", *TINY_BIGS,
                      "--gin.EncoderConfig.ssm_shared_kernel=False",
                      "--gin.EncoderConfig.scan_layers=True",

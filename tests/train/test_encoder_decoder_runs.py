@@ -7,6 +7,8 @@ import pathlib
 
 import pytest
 
+from testlib import assert_ok
+
 from lmlab.inference import read_input_lines
 
 # Small enough for 2 CPU cores; the batch divides the 8 fake devices.
@@ -24,10 +26,6 @@ TINY_T5 = (
 )
 T5_LENGTHS = "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}"
 BYT5_LENGTHS = "--gin.TASK_FEATURE_LENGTHS={'inputs': 128, 'targets': 32}"
-
-
-def _assert_ok(proc):
-  assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
 
 
 def _evals(model_dir: pathlib.Path) -> list[float]:
@@ -51,13 +49,13 @@ def run(cli_run):
 ], ids=["t5", "byt5"])
 def test_quickstart_validation_loss_falls_and_infer_writes_predictions(
     gin_file, lengths, steps, tmp_path, run):
-  _assert_ok(run(gin_file, tmp_path, lengths, f"--gin.TRAIN_STEPS={steps}"))
+  assert_ok(run(gin_file, tmp_path, lengths, f"--gin.TRAIN_STEPS={steps}"))
   evals = _evals(tmp_path)
   assert len(evals) == 2 and evals[-1] < evals[0] - 1.0, evals
   inputs = tmp_path / "inputs.txt"
   inputs.write_text("In the beginning God created the heaven and the earth.\n\nAnd God said.\n",
                     encoding="utf-8")
-  _assert_ok(run(gin_file, tmp_path, lengths, f"--gin.InferConfig.input_file='{inputs}'",
+  assert_ok(run(gin_file, tmp_path, lengths, f"--gin.InferConfig.input_file='{inputs}'",
                  "--gin.InferConfig.max_decode_length=8", run_mode="infer"))
   rows = [json.loads(l) for l in (tmp_path / "inference" / "predictions.jsonl").read_text().splitlines()]
   assert [r["input"] for r in rows] == ["In the beginning God created the heaven and the earth.",
@@ -65,15 +63,15 @@ def test_quickstart_validation_loss_falls_and_infer_writes_predictions(
   assert all(isinstance(r["prediction"], str) and r["step"] == steps for r in rows)
 
 
+@pytest.mark.slow  # two CLI runs; beam search itself is unit-tested in tests/test_decoding.py
 def test_infer_from_the_task_with_beam_search(tmp_path, run):
   gin_file = "runs/byt5_quickstart.gin"
-  _assert_ok(run(gin_file, tmp_path, BYT5_LENGTHS, "--gin.TRAIN_STEPS=2"))
-  _assert_ok(run(gin_file, tmp_path, BYT5_LENGTHS, "--gin.InferConfig.num_examples=3",
+  assert_ok(run(gin_file, tmp_path, BYT5_LENGTHS, "--gin.TRAIN_STEPS=2"))
+  assert_ok(run(gin_file, tmp_path, BYT5_LENGTHS, "--gin.InferConfig.num_examples=3",
                  "--gin.InferConfig.max_decode_length=4", "--gin.InferConfig.method='beam'",
                  "--gin.InferConfig.beam_size=2", run_mode="infer"))
   rows = [json.loads(l) for l in (tmp_path / "inference" / "predictions.jsonl").read_text().splitlines()]
   assert len(rows) == 3 and all("target" in r for r in rows)
-
 
 
 def test_input_files_must_be_utf8_and_non_empty(tmp_path):
@@ -93,4 +91,4 @@ def test_input_files_must_be_utf8_and_non_empty(tmp_path):
 def test_model_and_task_families_must_match(tmp_path, run):
   proc = run("runs/t5_quickstart.gin", tmp_path, T5_LENGTHS,
              "--gin.MIXTURE_OR_TASK_NAME='lmlab.embedded_mlm'")
-  assert proc.returncode != 0 and "masked-LM task but run.model is a EncoderDecoderModel" in proc.stderr
+  assert proc.returncode != 0 and "yields masked_lm examples but run.model is a EncoderDecoderModel" in proc.stderr

@@ -8,6 +8,8 @@ import pathlib
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
+from testlib import assert_ok
 
 EVAL_SPLIT = "--gin.DataConfig.eval_split='validation'"
 
@@ -24,17 +26,18 @@ def _train_losses(model_dir: pathlib.Path) -> dict[int, float]:
   return {r["step"]: r["train/loss"] for r in map(json.loads, lines) if "train/loss" in r}
 
 
-def _assert_ok(proc):
-  assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
-
-
 def test_resume_is_bitwise_exact(tmp_path, tiny_run):
   straight, resumed = tmp_path / "straight", tmp_path / "resumed"
   common = ("--gin.TrainConfig.checkpoint_every=3",)
-  _assert_ok(tiny_run(straight, "--gin.TRAIN_STEPS=6", *common))
-  _assert_ok(tiny_run(resumed, "--gin.TRAIN_STEPS=6", "--gin.TrainConfig.stop_after_step=3", *common))
+  assert_ok(tiny_run(straight, "--gin.TRAIN_STEPS=6", *common))
+  # What every run writes: the resolved config, TensorBoard files, a loss per step.
+  assert "EncoderConfig.d_model = 32" in (straight / "config.gin").read_text()
+  assert (straight / "config.operative.gin").exists()
+  assert list((straight / "tensorboard").iterdir())
+  assert set(_train_losses(straight)) == set(range(1, 7))
+  assert_ok(tiny_run(resumed, "--gin.TRAIN_STEPS=6", "--gin.TrainConfig.stop_after_step=3", *common))
   proc = tiny_run(resumed, "--gin.TRAIN_STEPS=6", *common)  # a new process resumes at step 3
-  _assert_ok(proc)
+  assert_ok(proc)
   assert "steps 3 -> 6" in proc.stdout
 
   step_a, state_a = _final_params(straight)
@@ -46,15 +49,6 @@ def test_resume_is_bitwise_exact(tmp_path, tiny_run):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   losses_a, losses_b = _train_losses(straight), _train_losses(resumed)
   assert [losses_a[s] for s in (4, 5, 6)] == [losses_b[s] for s in (4, 5, 6)]
-
-
-def test_quickstart_config_is_written_and_loss_logged(tmp_path, tiny_run):
-  proc = tiny_run(tmp_path, "--gin.TRAIN_STEPS=2")
-  _assert_ok(proc)
-  assert "EncoderConfig.d_model = 32" in (tmp_path / "config.gin").read_text()
-  assert (tmp_path / "config.operative.gin").exists()
-  assert list((tmp_path / "tensorboard").iterdir())
-  assert set(_train_losses(tmp_path)) == {1, 2}
 
 
 def test_unknown_gin_configurable_names_file_and_line(tmp_path, tiny_run_in_process):
@@ -91,8 +85,9 @@ def test_unwritable_model_dir(tmp_path, tiny_run_in_process):
   assert "not writable" in stderr and "MODEL_DIR" in stderr
 
 
+@pytest.mark.slow  # a CLI train + restart; sharding tests restore across shapes by default
 def test_checkpoint_of_another_shape_is_refused(tmp_path, tiny_run):
-  _assert_ok(tiny_run(tmp_path, "--gin.TRAIN_STEPS=1"))
+  assert_ok(tiny_run(tmp_path, "--gin.TRAIN_STEPS=1"))
   before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
   proc = tiny_run(tmp_path, "--gin.TRAIN_STEPS=2", "--gin.EncoderConfig.d_ff=96")
   assert proc.returncode == 2
@@ -100,8 +95,9 @@ def test_checkpoint_of_another_shape_is_refused(tmp_path, tiny_run):
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
 
 
+@pytest.mark.slow  # a CLI train + corrupt + restart (about a minute on 2 cores)
 def test_corrupt_checkpoint_falls_back_and_is_kept(tmp_path, tiny_run):
-  _assert_ok(tiny_run(tmp_path, "--gin.TRAIN_STEPS=4", "--gin.TrainConfig.checkpoint_every=2"))
+  assert_ok(tiny_run(tmp_path, "--gin.TRAIN_STEPS=4", "--gin.TrainConfig.checkpoint_every=2"))
   newest = tmp_path / "checkpoints" / "4" / "state"
   damaged = 0
   for f in newest.rglob("*"):
@@ -110,13 +106,14 @@ def test_corrupt_checkpoint_falls_back_and_is_kept(tmp_path, tiny_run):
       damaged += 1
   assert damaged
   proc = tiny_run(tmp_path, "--gin.TRAIN_STEPS=6", "--gin.TrainConfig.checkpoint_every=2")
-  _assert_ok(proc)
+  assert_ok(proc)
   assert "steps 2 -> 6" in proc.stdout
   kept = list((tmp_path / "corrupt_checkpoints").iterdir())
   assert len(kept) == 1 and kept[0].name.startswith("4-")
   assert any(f.read_bytes().startswith(b"\x00garbage") for f in kept[0].rglob("*") if f.is_file())
 
 
+@pytest.mark.slow  # the NaN guard also runs in-process by default (fine-tuning test)
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_run):
   proc = tiny_run(tmp_path, "--gin.TRAIN_STEPS=8", "--gin.LEARNING_RATE=1e30",
                   "--gin.WARMUP_STEPS=0", "--gin.OptimizerConfig.clip_grad_norm=None",
@@ -130,12 +127,12 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_run
 
 
 def test_eval_and_infer_modes_use_the_checkpoint(tmp_path, tiny_run):
-  _assert_ok(tiny_run(tmp_path, "--gin.TRAIN_STEPS=2", EVAL_SPLIT))
+  assert_ok(tiny_run(tmp_path, "--gin.TRAIN_STEPS=2", EVAL_SPLIT))
   assert any("eval/loss" in l for l in (tmp_path / "metrics.jsonl").read_text().splitlines())
-  _assert_ok(tiny_run(tmp_path, EVAL_SPLIT, run_mode="eval"))
+  assert_ok(tiny_run(tmp_path, EVAL_SPLIT, run_mode="eval"))
   result = json.loads((tmp_path / "eval_results.json").read_text())
   assert result["step"] == 2 and np.isfinite(result["loss"])
-  _assert_ok(tiny_run(tmp_path, run_mode="infer"))
+  assert_ok(tiny_run(tmp_path, run_mode="infer"))
   rows = [json.loads(l) for l in (tmp_path / "inference" / "fill_mask.jsonl").read_text().splitlines()]
   assert rows and "<mask>" not in rows[0]["filled"] and len(rows[0]["candidates"]) == 1
 

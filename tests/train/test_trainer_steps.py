@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from testlib import mlm_batch
 
 from lmlab.wrappers.masked_lm import MaskedLMModel
 from lmlab.models import EncoderConfig
@@ -17,19 +18,6 @@ CONFIG = EncoderConfig(vocab_size=256, d_model=32, num_layers=1, num_heads=2, d_
                        max_positions=32, dropout_rate=0.0, attention_dropout_rate=0.0)
 
 
-def _batch(seed: int, batch: int = 8, length: int = 16) -> dict:
-  rng = np.random.RandomState(seed)
-  targets = rng.randint(4, 256, size=(batch, length)).astype(np.int32)
-  weights = (rng.rand(batch, length) < 0.3).astype(np.float32)
-  weights[:, 0] = 1.0
-  inputs = np.where(weights > 0, 3, targets).astype(np.int32)
-  # Uneven padding so per-micro-batch weights differ: tests the loss normalisation.
-  segment_ids = np.ones((batch, length), np.int32)
-  for row in range(batch):
-    segment_ids[row, length - row:] = 0
-  weights *= segment_ids
-  return {"input_ids": inputs * segment_ids, "targets": targets, "loss_weights": weights,
-          "segment_ids": segment_ids, "positions": np.tile(np.arange(length, dtype=np.int32), (batch, 1))}
 
 
 def _setup(accum_steps: int, lr: float = 1e-2):
@@ -44,7 +32,7 @@ def _setup(accum_steps: int, lr: float = 1e-2):
 def test_gradient_accumulation_matches_one_big_batch():
   state1, step1 = _setup(1)
   state4, step4 = _setup(4)
-  batch = _batch(0)
+  batch = mlm_batch(0, staircase_padding=True)
   new1, m1 = step1(state1, batch)
   new4, m4 = step4(state4, batch)
   np.testing.assert_allclose(float(m1["loss_sum"]), float(m4["loss_sum"]), rtol=1e-5)
@@ -55,7 +43,7 @@ def test_gradient_accumulation_matches_one_big_batch():
 
 def test_loss_falls_when_training_on_a_fixed_batch():
   state, step = _setup(1, lr=3e-3)
-  batch = _batch(1)
+  batch = mlm_batch(1, staircase_padding=True)
   losses = []
   for _ in range(30):
     state, metrics = step(state, batch)
@@ -98,7 +86,7 @@ def test_clipping_bounds_the_update():
 
 
 def test_gathered_mlm_head_matches_full_head():
-  batch = _batch(2)
+  batch = mlm_batch(2, staircase_padding=True)
   full, gathered = MaskedLMModel(CONFIG), MaskedLMModel(CONFIG, max_prediction_fraction=0.45)
   params = nn.meta.unbox(full.init(jax.random.PRNGKey(1), 2, 16))
   assert int(np.max(batch["loss_weights"].sum(1))) <= 8  # fits in ceil(0.45 * 16) = 8

@@ -1,0 +1,35 @@
+"""Helpers shared by test modules (``conftest.py`` puts this folder on ``sys.path``)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+
+
+def assert_ok(proc: subprocess.CompletedProcess) -> None:
+  """A CLI run exited 0; otherwise fail showing the tail of its output."""
+  assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
+
+
+def mlm_batch(seed: int, rows: int = 8, length: int = 16, *, staircase_padding: bool = False,
+              vocab: int = 256) -> dict[str, np.ndarray]:
+  """A random masked-LM batch: about 30% of positions masked (id 3), the first always.
+
+  With ``staircase_padding`` row ``r`` loses its last ``r`` tokens to padding, so
+  micro-batches and devices see different loss weights (what the loss
+  normalisation must handle).
+  """
+  rng = np.random.RandomState(seed)
+  targets = rng.randint(4, vocab, size=(rows, length)).astype(np.int32)
+  weights = (rng.rand(rows, length) < 0.3).astype(np.float32)
+  weights[:, 0] = 1.0
+  inputs = np.where(weights > 0, 3, targets).astype(np.int32)
+  segment_ids = np.ones((rows, length), np.int32)
+  if staircase_padding:
+    for row in range(rows):
+      segment_ids[row, length - row:] = 0
+  weights *= segment_ids
+  return {"input_ids": inputs * segment_ids, "targets": targets, "loss_weights": weights,
+          "segment_ids": segment_ids,
+          "positions": np.tile(np.arange(length, dtype=np.int32), (rows, 1))}
