@@ -11,8 +11,10 @@ import gin
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-# Shared helpers (tests/testlib.py) import as ``testlib`` from any test module.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+# Shared helpers (tests/support/testlib.py) import as ``testlib`` from any test module.
+# Only that folder goes on sys.path: the test folders' names (models/, data/) would
+# shadow the gin-file folders that gin also resolves as Python packages.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "support"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Eight fake CPU devices for this process and the runs it starts, so sharding
 # is exercised everywhere (set before JAX initialises its backends). A test

@@ -1,4 +1,4 @@
-"""Helpers shared by test modules (``conftest.py`` puts this folder on ``sys.path``)."""
+"""Helpers shared by test modules (``tests/conftest.py`` puts this folder on ``sys.path``)."""
 
 from __future__ import annotations
 
