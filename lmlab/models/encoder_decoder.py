@@ -11,7 +11,9 @@ value in ``(k, 0)`` computed from the input of one encoder block. It is added
 to attention scores over keys in that block, in every later block and in
 cross-attention ("soft deletion"). At inference ``lmlab.models.byte_level``
 removes tokens whose gate is below a threshold ("hard deletion") between
-``encode_lower`` and ``encode_upper``.
+``encode_lower`` and ``encode_upper``; the upper blocks and cross-attention
+then take the key bias it returns (0 on kept tokens, as in the reference) in
+place of the gate.
 
 Parameter tree (``params``)::
 
@@ -259,7 +261,11 @@ def _remat(cls: type[nn.Module], policy: str, static_argnums: tuple[int, ...]) -
 
 
 class DeleteGate(nn.Module):
-  """MrT5's gate ``k * sigmoid(-(w . norm(h) + b))``; padding gets ``k``."""
+  """MrT5's gate ``k * sigmoid(-(w . norm(h) + b))``; padding gets ``k``.
+
+  ``w, b`` are the reference's ``Linear(d_model, 1)``: Xavier-uniform weights
+  (bound ``sqrt(6 / (d_model + 1))``) and bias ``delete_gate_bias_init`` (1).
+  """
 
   config: T5Config
 
@@ -269,7 +275,8 @@ class DeleteGate(nn.Module):
     h = _rms_norm(cfg, "norm")(hidden)
     logit = layers.DenseGeneral(
         features=1, kernel_axes=("embed", None), use_bias=False, dtype=jnp.float32,
-        param_dtype=cfg.parameter_dtype, init_stddev=cfg.d_model**-0.5, name="proj")(h)[..., 0]
+        param_dtype=cfg.parameter_dtype, kernel_init=nn.initializers.xavier_uniform(),
+        name="proj")(h)[..., 0]
     bias = self.param(
         "proj_bias",
         nn.with_logical_partitioning(nn.initializers.constant(cfg.delete_gate_bias_init), (None,)),
