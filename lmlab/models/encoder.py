@@ -396,11 +396,19 @@ class EncoderForMaskedLM(nn.Module):
 class EncoderForSequenceClassification(nn.Module):
   """Encoder, pooler (dense + tanh), dropout and a linear classifier.
 
+  ``logits = classifier(dropout(tanh(pooler(v))))`` where ``v`` is
+
+  * ``cls``: the first token's hidden state. This is BERT's pooled-[CLS]
+    classifier, exactly Hugging Face's ``BertForSequenceClassification``
+    (``pooler`` = ``bert.pooler.dense``; ``lmlab.convert.hf_bert`` maps both
+    ways), so a fine-tune from an imported BERT starts from its pooler.
+  * ``mean``: the mean over non-padding tokens (``segment_ids > 0``), as the
+    BiGS reference's ``non_padding_mean`` pooler.
+
   Attributes:
     config: Encoder hyper-parameters.
     num_classes: Number of output classes (1 for regression).
-    pooling: ``cls`` pools the first token (BERT); ``mean`` averages the
-      non-padding tokens (``segment_ids > 0``).
+    pooling: ``cls`` or ``mean`` (``POOLINGS``).
   """
 
   config: EncoderConfig
