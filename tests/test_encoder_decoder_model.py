@@ -60,14 +60,18 @@ def test_mrt5_decodes_with_hard_deletion_like_soft_deletion():
   model = EncoderDecoderModel(mrt5)
   params = nn.meta.unbox(jax.jit(lambda r: model.init(r, 2))(jax.random.PRNGKey(1)))
   # A trained gate is nearly binary (0 = keep, k = delete); scaling its weights makes it so, and
-  # only then is hard deletion a faithful shortcut of soft deletion.
+  # only then is hard deletion (kept keys biased by 0, as in the reference) a faithful shortcut
+  # of soft deletion: a kept token's gate must be ~0 (a logit above ~10), not merely above k/2.
   gate_params = params["encoder"]["delete_gate"]
-  gate_params["proj"]["kernel"] = gate_params["proj"]["kernel"] * 40.0
+  gate_params["proj"]["kernel"] = gate_params["proj"]["kernel"] * 1e4
   inputs = np.random.RandomState(1).randint(3, 64, (2, 32)).astype(np.int32)
-  encoded, segment_ids, gate = model.encode(params, inputs, hard_delete=True)
+  encoded, segment_ids, key_bias = model.encode(params, inputs, hard_delete=True)
   assert encoded.shape[1] < inputs.shape[1]  # some tokens were removed
+  # After removal the kept keys are biased by exactly 0 (the reference), padding by k.
+  real = np.asarray(segment_ids) > 0
+  np.testing.assert_array_equal(np.asarray(key_bias)[real], 0.0)
+  np.testing.assert_array_equal(np.asarray(key_bias)[~real], mrt5.delete_gate_scale)
   hard = model.predict(params, inputs, max_decode_length=6, hard_delete=True)
   soft = model.predict(params, inputs, max_decode_length=6, hard_delete=False)
   np.testing.assert_allclose(np.asarray(hard.scores), np.asarray(soft.scores), atol=1e-3)
   np.testing.assert_array_equal(np.asarray(hard.tokens), np.asarray(soft.tokens))
-  del segment_ids, gate

@@ -275,10 +275,11 @@ def mrt5_runner(cfg: T5Config, ids: np.ndarray, gate: np.ndarray):
   def forward():
     hidden, lower_gate = lower(params, ids, gate)
     kept = keep_tokens(np.asarray(hidden), segment_ids, positions, np.asarray(lower_gate),
-                       threshold=cfg.delete_threshold, pad_gate=cfg.delete_gate_scale)
+                       threshold=cfg.delete_threshold, pad_gate=cfg.delete_gate_scale,
+                       key_bias=cfg.hard_delete_key_bias)
     holder["length"], holder["kept"] = kept.hidden.shape[1], kept.kept_fraction
     return jax.block_until_ready(upper(params, kept.hidden, kept.segment_ids, kept.positions,
-                                       kept.gate))
+                                       kept.key_bias))
 
   return forward, holder
 

@@ -3,7 +3,9 @@
 * ``hf_t5``: ``T5ForConditionalGeneration`` <-> ``EncoderDecoder`` (T5 v1.0,
   v1.1, ByT5).
 * ``hf_bert``: ``BertForMaskedLM`` / ``RobertaForMaskedLM`` <->
-  ``EncoderForMaskedLM``.
+  ``EncoderForMaskedLM``, with BERT's pooler kept (``BertForPreTraining``,
+  ``BertModel``) and ``BertForSequenceClassification`` <->
+  ``EncoderForSequenceClassification(pooling="cls")``.
 * ``bigs``: the BiGS reference's Flax parameter trees (jxiw/BiGS,
   ``flax_model.msgpack`` + ``config.json``) <-> BiGS ``EncoderForMaskedLM`` /
   ``EncoderForSequenceClassification``.

@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
   commands = parser.add_subparsers(dest="command", required=True)
   imp = commands.add_parser("import", help="Hugging Face folder -> lmlab parameter file.")
   imp.add_argument("--family", choices=FAMILIES, required=True,
-                   help="t5 (T5ForConditionalGeneration), bert (Bert/RobertaForMaskedLM) or "
+                   help="t5 (T5ForConditionalGeneration), bert (Bert/RobertaForMaskedLM, "
+                   "BertForPreTraining, BertModel, BertForSequenceClassification; the pooler is "
+                   "kept) or "
                    "bigs (reference FlaxBiGSForMaskedLM / FlaxBiGSForSequenceClassification).")
   imp.add_argument("--hf_dir", required=True,
                    help="Folder with config.json + model.safetensors (bigs: flax_model.msgpack).")

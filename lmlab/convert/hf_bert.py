@@ -1,4 +1,4 @@
-"""Hugging Face ``BertForMaskedLM`` / ``RobertaForMaskedLM`` <-> lmlab ``EncoderForMaskedLM``.
+"""Hugging Face BERT / RoBERTa checkpoints <-> lmlab encoder parameters (MLM, pooler, classifier).
 
 Only the original BERT layout has a Hugging Face counterpart: post-LN
 LayerNorm with biases, learned absolute positions, token-type embeddings,
@@ -20,6 +20,21 @@ Name mapping (``<p>`` is ``bert`` or ``roberta``, ``<i>`` a block)::
   cls.predictions.transform.{dense,LayerNorm}.*  (BERT) mlm_head/{transform,norm}/*
   lm_head.{dense,layer_norm}.*                (RoBERTa) mlm_head/{transform,norm}/*
   cls.predictions.bias / lm_head.bias                  mlm_head/bias (tied decoder)
+  <p>.pooler.dense.{weight,bias}                       pooler/{kernel,bias}
+  classifier.{weight,bias}              (BERT only)    classifier/{kernel,bias}
+
+Heads. The parts of a checkpoint beyond the encoder are read from its
+tensors (``HEADS``): ``mlm_head`` (``BertForMaskedLM``, ``RobertaForMaskedLM``,
+the MLM half of ``BertForPreTraining``), ``pooler`` (``BertModel``,
+``BertForPreTraining``, ``BertForSequenceClassification``; released BERT
+checkpoints such as ``bert-base-uncased`` carry it) and ``classifier``
+(``BertForSequenceClassification``). The pooler is Hugging Face's
+``tanh(dense(h_[CLS]))``, which is exactly lmlab's
+``EncoderForSequenceClassification(..., pooling="cls")`` pooler, so a fine-tune
+that starts from an imported BERT starts from BERT's pooled-[CLS] classifier
+input. Next-sentence weights (``cls.seq_relationship``) have no lmlab
+counterpart and are dropped. Export writes back whatever parts the
+parameters hold.
 
 RoBERTa positions: Hugging Face numbers real tokens from ``pad_token_id + 1``
 (2 for the released models), pads get ``pad_token_id``, and the rows below
@@ -38,8 +53,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
+import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
@@ -47,15 +63,18 @@ from lmlab.convert import common
 from lmlab.convert.common import (COPY, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, Entry, Params,
                                   StateDict)
 from lmlab.models.config import EncoderConfig
-from lmlab.models.encoder import EncoderForMaskedLM
+from lmlab.models.encoder import EncoderForMaskedLM, EncoderForSequenceClassification
 
 MODEL_TYPES = ("bert", "roberta")
+# Top-level lmlab parameters besides ``encoder`` that a checkpoint may hold.
+HEADS = ("mlm_head", "pooler", "classifier")
 _ARCHITECTURES = {"bert": "BertForMaskedLM", "roberta": "RobertaForMaskedLM"}
+_CLASSIFICATION_ARCHITECTURE = "BertForSequenceClassification"
 # Hugging Face ``hidden_act`` -> lmlab activation with exactly the same function.
 _FROM_HF_ACTIVATION = {"gelu": "gelu", "relu": "relu", "silu": "silu", "swish": "silu"}
 _TO_HF_ACTIVATION = {"gelu": "gelu", "relu": "relu", "silu": "silu"}
-# Weights of heads that EncoderForMaskedLM does not have (pre-training checkpoints).
-_IGNORABLE_PREFIXES = ("bert.pooler.", "roberta.pooler.", "cls.seq_relationship.")
+# Weights of heads that no lmlab network has (BERT's next-sentence prediction).
+_IGNORABLE_PREFIXES = ("cls.seq_relationship.",)
 _IGNORABLE_SUFFIXES = ("embeddings.position_ids",)
 
 
@@ -137,8 +156,30 @@ def _check_exportable(config: EncoderConfig, model_type: str) -> None:
         f"This EncoderConfig has no Hugging Face {model_type} equivalent: {'; '.join(problems)}.")
 
 
+def _check_heads(heads: Sequence[str], model_type: str) -> None:
+  """Raises unless ``heads`` is a part set some Hugging Face BERT/RoBERTa class holds."""
+  unknown = sorted(set(heads) - set(HEADS))
+  if unknown:
+    raise common.ConversionError(f"Unknown heads {unknown}; known: {HEADS}.")
+  if "classifier" in heads and (model_type != "bert" or "pooler" not in heads
+                                or "mlm_head" in heads):
+    raise common.ConversionError(
+        "A classifier is exported as BertForSequenceClassification, which needs model_type "
+        f"'bert', a pooler and no MLM head (got {model_type!r} with {tuple(heads)}).")
+
+
+def _architecture(model_type: str, heads: Sequence[str]) -> str:
+  if "classifier" in heads:
+    return _CLASSIFICATION_ARCHITECTURE
+  if "mlm_head" in heads:
+    return _ARCHITECTURES[model_type]
+  return "RobertaModel" if model_type == "roberta" else "BertModel"
+
+
 def bert_config_to_hf(config: EncoderConfig, model_type: str = "bert",
-                      base: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+                      base: Optional[Mapping[str, Any]] = None,
+                      heads: Sequence[str] = ("mlm_head",),
+                      num_classes: Optional[int] = None) -> dict[str, Any]:
   """Hugging Face ``config.json`` dict for an lmlab ``EncoderConfig``.
 
   Args:
@@ -146,17 +187,26 @@ def bert_config_to_hf(config: EncoderConfig, model_type: str = "bert",
     model_type: ``bert`` or ``roberta``.
     base: Optional original Hugging Face config; its entries that lmlab does
       not model (token ids, tokenizer class, ...) are kept.
+    heads: Parts of the parameters besides the encoder (``HEADS``); they
+      choose the recorded architecture.
+    num_classes: Classifier width (with a ``classifier``), for the labels.
 
   Raises:
     ConversionError: If the config's layout has no Hugging Face equivalent.
   """
   _check_exportable(config, model_type)
+  _check_heads(heads, model_type)
   hf = dict(base or {})
   if model_type == "roberta":
     hf.setdefault("bos_token_id", 0)
     hf.setdefault("eos_token_id", 2)
+  if "classifier" in heads and num_classes is not None:
+    labels = hf.get("id2label")
+    if not isinstance(labels, Mapping) or len(labels) != num_classes:
+      hf["id2label"] = {str(i): f"LABEL_{i}" for i in range(num_classes)}
+      hf["label2id"] = {f"LABEL_{i}": i for i in range(num_classes)}
   hf.update({
-      "architectures": [_ARCHITECTURES[model_type]],
+      "architectures": [_architecture(model_type, heads)],
       "model_type": model_type,
       "vocab_size": config.vocab_size,
       "hidden_size": config.d_model,
@@ -176,11 +226,25 @@ def bert_config_to_hf(config: EncoderConfig, model_type: str = "bert",
   return hf
 
 
-def abstract_bert_params(config: EncoderConfig) -> Params:
-  """Shapes of ``EncoderForMaskedLM(config)``'s parameters (no memory allocated)."""
+def abstract_bert_params(config: EncoderConfig, heads: Sequence[str] = ("mlm_head",),
+                         num_classes: int = 1) -> Params:
+  """Shapes of the ``encoder`` and ``heads`` parameters (no memory allocated).
+
+  ``mlm_head`` is ``EncoderForMaskedLM``'s; ``pooler`` and ``classifier``
+  (``num_classes`` wide) are ``EncoderForSequenceClassification``'s.
+  """
   if config.vocab_size is None:
     raise common.ConversionError("EncoderConfig.vocab_size must be set.")
-  return common.abstract_params(EncoderForMaskedLM(config), jnp.zeros((1, 2), jnp.int32))
+  ids = jnp.zeros((1, 2), jnp.int32)
+  tree = dict(common.abstract_params(EncoderForMaskedLM(config), ids))
+  if "mlm_head" not in heads:
+    del tree["mlm_head"]
+  if "pooler" in heads or "classifier" in heads:
+    classification = common.abstract_params(
+        EncoderForSequenceClassification(config, num_classes, pooling="cls"), ids)
+    tree.update({name: classification[name] for name in ("pooler", "classifier")
+                 if name in heads})
+  return tree
 
 
 def _dense(path: tuple[str, ...], name: str, kernel=LINEAR, bias=COPY) -> list[Entry]:
@@ -200,7 +264,8 @@ def _head_names(model_type: str) -> tuple[str, str, str, str]:
           "cls.predictions.decoder", "cls.predictions.bias")
 
 
-def bert_plan(config: EncoderConfig, model_type: str = "bert") -> list[Entry]:
+def bert_plan(config: EncoderConfig, model_type: str = "bert",
+              heads: Sequence[str] = ("mlm_head",)) -> list[Entry]:
   """Every lmlab parameter (unscanned layout) with its Hugging Face tensor, in state-dict order."""
   p = model_type
   emb = ("encoder", "embeddings")
@@ -224,13 +289,18 @@ def bert_plan(config: EncoderConfig, model_type: str = "bert") -> list[Entry]:
     plan += _dense(layer + ("mlp", "wi"), f"{hf}.intermediate.dense")
     plan += _dense(layer + ("mlp", "wo"), f"{hf}.output.dense")
     plan += _norm(layer + ("mlp_norm",), f"{hf}.output.LayerNorm")
-  transform, norm, decoder, bias = _head_names(model_type)
-  plan += _dense(("mlm_head", "transform"), transform)
-  plan += _norm(("mlm_head", "norm"), norm)
-  if config.tie_output_embedding:
-    plan.append(Entry(("mlm_head", "bias"), bias))
-  else:
-    plan += _dense(("mlm_head", "decoder"), decoder)
+  if "pooler" in heads:
+    plan += _dense(("pooler",), f"{p}.pooler.dense")
+  if "mlm_head" in heads:
+    transform, norm, decoder, bias = _head_names(model_type)
+    plan += _dense(("mlm_head", "transform"), transform)
+    plan += _norm(("mlm_head", "norm"), norm)
+    if config.tie_output_embedding:
+      plan.append(Entry(("mlm_head", "bias"), bias))
+    else:
+      plan += _dense(("mlm_head", "decoder"), decoder)
+  if "classifier" in heads:
+    plan += _dense(("classifier",), "classifier")
   return plan
 
 
@@ -243,6 +313,27 @@ def _duplicates(config: EncoderConfig, model_type: str) -> dict[str, str]:
   # Untied, Hugging Face computes with decoder.bias and leaves `bias` unused
   # (it is still a parameter, so export fills it with decoder.bias).
   return {bias: f"{decoder}.bias"}
+
+
+def hf_heads(state: Mapping[str, Any], model_type: str = "bert") -> tuple[str, ...]:
+  """The ``HEADS`` whose tensors a Hugging Face state dict holds."""
+  mlm_prefix = "lm_head." if model_type == "roberta" else "cls.predictions."
+  prefixes = {"mlm_head": mlm_prefix, "pooler": f"{model_type}.pooler.",
+              "classifier": "classifier."}
+  return tuple(head for head in HEADS
+               if any(name.startswith(prefixes[head]) for name in state))
+
+
+def params_heads(params: Params) -> tuple[str, ...]:
+  """The ``HEADS`` present in an lmlab parameter tree."""
+  return tuple(head for head in HEADS if head in params)
+
+
+def _num_classes(params: Params) -> int:
+  """Width of the tree's classifier (1 without one)."""
+  if "classifier" not in params:
+    return 1
+  return int(np.shape(nn.meta.unbox(params["classifier"]["kernel"]))[-1])
 
 
 def _unscanned(config: EncoderConfig) -> EncoderConfig:
@@ -265,9 +356,13 @@ def _normalise_names(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def params_from_hf(state: Mapping[str, np.ndarray], config: EncoderConfig,
                    model_type: str = "bert") -> Params:
-  """lmlab ``EncoderForMaskedLM`` parameters from a BERT/RoBERTa MLM state dict.
+  """lmlab parameters from a BERT/RoBERTa state dict: ``encoder`` plus the heads it holds.
 
-  Pooler and next-sentence weights of pre-training checkpoints are ignored.
+  The heads (``mlm_head``, ``pooler``, ``classifier``; see ``hf_heads``) are
+  read from the tensor names; next-sentence weights are ignored. The tree
+  applies with ``EncoderForMaskedLM`` (with an MLM head) or
+  ``EncoderForSequenceClassification(..., pooling="cls")`` (with pooler and
+  classifier); a pooler next to an MLM head is kept for fine-tuning.
 
   Args:
     state: Tensor name -> array (``state_dict()`` or ``model.safetensors``).
@@ -282,29 +377,39 @@ def params_from_hf(state: Mapping[str, np.ndarray], config: EncoderConfig,
       tensor, or a tied duplicate that differs from its original.
   """
   _check_exportable(config, model_type)
+  state = _normalise_names(state)
+  heads = hf_heads(state, model_type)
+  _check_heads(heads, model_type)
+  num_classes = int(np.shape(state["classifier.weight"])[0]) if "classifier" in heads else 1
   flat_config = _unscanned(config)
   tied = config.tie_output_embedding
-  duplicates = _duplicates(config, model_type)
+  duplicates = _duplicates(config, model_type) if "mlm_head" in heads else {}
   params = common.import_state(
-      _normalise_names(state), bert_plan(flat_config, model_type),
-      abstract_bert_params(flat_config), duplicates=duplicates if tied else None,
-      ignorable=() if tied else tuple(duplicates), what=f"{model_type} masked LM")
+      state, bert_plan(flat_config, model_type, heads),
+      abstract_bert_params(flat_config, heads, num_classes),
+      duplicates=duplicates if tied else None,
+      ignorable=() if tied else tuple(duplicates), what=f"{model_type} model")
   return common.stack_layers(params, config.num_layers) if config.scan_layers else params
 
 
 def params_to_hf(params: Params, config: EncoderConfig, model_type: str = "bert") -> StateDict:
-  """The ``{Bert,Roberta}ForMaskedLM.state_dict()`` (float32 numpy) of lmlab parameters.
+  """The Hugging Face ``state_dict()`` (float32 numpy) of lmlab parameters.
 
-  Includes the tied ``decoder`` copies, as ``state_dict()`` does. For
+  Holds the encoder and every head the tree has (pooler included), and the
+  tied ``decoder`` copies of an MLM head, as ``state_dict()`` does. For
   RoBERTa the position rows below ``pad_token_id + 1`` are zeros.
   """
   _check_exportable(config, model_type)
+  heads = params_heads(params)
+  _check_heads(heads, model_type)
+  num_classes = _num_classes(params)
   if config.scan_layers:
     params = common.unstack_layers(params, config.num_layers)
   flat_config = _unscanned(config)
-  return common.export_state(params, bert_plan(flat_config, model_type),
-                             abstract_bert_params(flat_config),
-                             duplicates=_duplicates(config, model_type))
+  return common.export_state(
+      params, bert_plan(flat_config, model_type, heads),
+      abstract_bert_params(flat_config, heads, num_classes),
+      duplicates=_duplicates(config, model_type) if "mlm_head" in heads else None)
 
 
 def load_hf_bert(folder: str | os.PathLike) -> tuple[EncoderConfig, Params]:
@@ -324,12 +429,19 @@ def hf_model_type(folder: str | os.PathLike) -> str:
 
 def save_hf_bert(folder: str | os.PathLike, config: EncoderConfig, params: Params,
                  model_type: str = "bert", base: Optional[Mapping[str, Any]] = None) -> None:
-  """Writes a folder that ``{Bert,Roberta}ForMaskedLM.from_pretrained`` loads.
+  """Writes a folder that Hugging Face's ``from_pretrained`` loads.
 
-  Tied decoder copies are left out, as ``save_pretrained`` does.
+  The recorded architecture follows the heads: ``{Bert,Roberta}ForMaskedLM``
+  with an MLM head (a pooler is written too; ``BertForMaskedLM`` does not
+  use it, ``BertForPreTraining``/``BertModel`` do),
+  ``BertForSequenceClassification`` with a classifier, else ``BertModel`` /
+  ``RobertaModel``. Tied decoder copies are left out, as ``save_pretrained``
+  does.
   """
   state = params_to_hf(params, config, model_type)
-  if config.tie_output_embedding:
+  heads = params_heads(params)
+  if config.tie_output_embedding and "mlm_head" in heads:
     for name in _duplicates(config, model_type):
       del state[name]
-  common.write_hf_folder(folder, bert_config_to_hf(config, model_type, base), state)
+  hf_config = bert_config_to_hf(config, model_type, base, heads, _num_classes(params))
+  common.write_hf_folder(folder, hf_config, state)

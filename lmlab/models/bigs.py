@@ -63,10 +63,14 @@ class BiGSLayer(nn.Module):
     del bias, positions, deterministic  # No dropout inside the block, as in the reference.
     cfg = self.config
     gelu = layers.activation_fn("gelu_tanh")
-    dense = lambda features, axes, name: layers.dense(cfg, features, axes, name=name)
+    factory = layers.dense_factory(cfg.dense_quantization, cfg.quantization_serving)
+    dense = lambda features, axes, name: factory(
+        features, axes, use_bias=cfg.use_bias, dtype=cfg.compute_dtype,
+        param_dtype=cfg.parameter_dtype, init_stddev=cfg.initializer_range, name=name)
     ssm = lambda name: S4D(state_size=cfg.ssm_state_size, a_init=cfg.ssm_a_init,
                            shared=cfg.ssm_shared_kernel, name=name)
-    norm = layers.make_norm(cfg, name="norm")
+    norm = layers.make_norm(cfg.norm_type, eps=cfg.norm_eps, dtype=cfg.compute_dtype,
+                            param_dtype=cfg.parameter_dtype, use_bias=cfg.use_bias, name="norm")
     flip = lambda h: jnp.flip(h, axis=1)
 
     def mix(h: jax.Array) -> jax.Array:

@@ -8,6 +8,15 @@ encoder three times deeper than the decoder; presets live in
 attention bias. This module holds the inference-time hard deletion: tokens
 whose gate falls below a threshold are removed, so the blocks after the gate,
 and cross-attention, run on a shorter sequence.
+
+After removal the reference (Kallini et al. 2024, ``MrT5Block``) replaces the
+gate by a plain mask: attention key bias 0 on every kept token and a large
+negative value on the padding that evens out the rows. That is
+``key_bias="zero"`` (the default, ``T5Config.hard_delete_key_bias``).
+``key_bias="gate"`` keeps the kept tokens' gate values instead, so hard
+deletion computes exactly what soft deletion computed for the kept tokens
+(up to the attention the removed ones would have received); with trained
+gates near 0 or ``k`` the two agree.
 """
 
 from __future__ import annotations
@@ -15,6 +24,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+
+from lmlab.models.config import HARD_DELETE_KEY_BIASES
 
 
 class KeptTokens(NamedTuple):
@@ -24,23 +35,37 @@ class KeptTokens(NamedTuple):
   segment_ids: np.ndarray  # [batch, kept_len]; 0 marks padding
   positions: np.ndarray    # [batch, kept_len]; original positions, for the relative bias
   gate: np.ndarray         # [batch, kept_len]; gate values of kept tokens (k on padding)
+  key_bias: np.ndarray     # [batch, kept_len]; attention key bias replacing the gate
   kept_fraction: float     # kept real tokens / real tokens
 
 
 def keep_tokens(hidden: np.ndarray, segment_ids: np.ndarray, positions: np.ndarray,
                 gate: np.ndarray, *, threshold: float, pad_gate: float,
-                length_multiple: int = 8) -> KeptTokens:
+                key_bias: str = "zero", length_multiple: int = 8) -> KeptTokens:
   """Removes the tokens whose gate is below ``threshold`` from every row.
 
   Kept tokens keep their order and their original positions, so the relative
-  position bias between two kept tokens is unchanged and the result matches
-  soft deletion up to the (exponentially small) attention the deleted tokens
-  would have received. The new length is the longest row's count of kept
-  tokens rounded up to ``length_multiple`` (bounding recompilations).
+  position bias between two kept tokens is unchanged. The new length is the
+  longest row's count of kept tokens rounded up to ``length_multiple``
+  (bounding recompilations).
+
+  Args:
+    hidden: ``[batch, len, d_model]`` input of the gated block.
+    segment_ids: ``[batch, len]``; 0 is padding.
+    positions: ``[batch or 1, len]`` positions for the relative bias.
+    gate: ``[batch, len]`` gate values.
+    threshold: Tokens with a gate below it are removed.
+    pad_gate: Key bias (and gate) of the padding after removal (``k``).
+    key_bias: ``zero`` (the reference: 0 on kept keys) or ``gate`` (their
+      gate values, matching soft deletion); see the module docstring.
+    length_multiple: Rounding of the new length.
 
   Raises:
-    ValueError: If a row that has real tokens would lose all of them.
+    ValueError: If a row that has real tokens would lose all of them, or for
+      an unknown ``key_bias``.
   """
+  if key_bias not in HARD_DELETE_KEY_BIASES:
+    raise ValueError(f"key_bias={key_bias!r} is not one of {HARD_DELETE_KEY_BIASES}.")
   hidden, segment_ids = np.asarray(hidden), np.asarray(segment_ids)
   positions = np.broadcast_to(np.asarray(positions), segment_ids.shape)
   gate = np.asarray(gate)
@@ -58,9 +83,12 @@ def keep_tokens(hidden: np.ndarray, segment_ids: np.ndarray, positions: np.ndarr
   order = np.argsort(~keep, axis=1, kind="stable")[:, :new_length]
   valid = np.take_along_axis(keep, order, axis=1)
   take = lambda x: np.take_along_axis(x, order, axis=1)
+  kept_gate = np.where(valid, take(gate), pad_gate).astype(np.float32)
   return KeptTokens(
       hidden=np.take_along_axis(hidden, order[..., None], axis=1) * valid[..., None],
       segment_ids=np.where(valid, take(segment_ids), 0),
       positions=take(positions),
-      gate=np.where(valid, take(gate), pad_gate).astype(np.float32),
+      gate=kept_gate,
+      key_bias=(kept_gate if key_bias == "gate"
+                else np.where(valid, 0.0, pad_gate).astype(np.float32)),
       kept_fraction=float(counts.sum()) / max(float(real.sum()), 1.0))

@@ -198,6 +198,8 @@ class EncoderConfig(_NetworkConfig):
 
 
 T5_MLP_ACTIVATIONS = ("relu", "gelu_tanh", "gated_gelu_tanh", "gated_relu", "gated_silu")
+# MrT5 hard deletion: attention key bias of the kept tokens (``lmlab.models.byte_level``).
+HARD_DELETE_KEY_BIASES = ("zero", "gate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,10 +248,14 @@ class T5Config(_NetworkConfig):
       later ones and on cross-attention. ``None``: no gate (plain T5/ByT5).
     delete_gate_scale: MrT5's ``k``: gate values lie in ``(k, 0)``; ``k``
       means deleted, 0 kept. Padding is forced to ``k``.
-    delete_gate_bias_init: Initial bias of the gate's logit; positive values
-      start with (almost) every token kept.
+    delete_gate_bias_init: Initial bias of the gate's ``Linear(d_model, 1)``
+      (1, as in the reference; its weights start Xavier-uniform). Larger
+      values start with more tokens kept.
     hard_delete_threshold: At inference, tokens whose gate is below this are
       removed from the sequence. ``None``: ``delete_gate_scale / 2``.
+    hard_delete_key_bias: Attention key bias after hard deletion: ``zero``
+      on every kept token (the reference) or ``gate``, the kept tokens' gate
+      values (equal to soft deletion for them); see ``lmlab.models.byte_level``.
     dense_quantization: Dense layers inside the blocks (attention and MLP
       projections): ``none`` (float), ``bitlinear`` (BitNet b1.58: ternary
       weights, int8 per-token activations) or ``int8`` (W8A8), trained
@@ -285,13 +291,15 @@ class T5Config(_NetworkConfig):
   remat_policy: str = "none"
   delete_gate_layer: Optional[int] = None
   delete_gate_scale: float = -30.0
-  delete_gate_bias_init: float = 4.0
+  delete_gate_bias_init: float = 1.0
   hard_delete_threshold: Optional[float] = None
+  hard_delete_key_bias: str = "zero"
   dense_quantization: str = "none"
   quantization_serving: bool = False
 
   def __post_init__(self):
-    self._check_choices({"mlp_activation": T5_MLP_ACTIVATIONS})
+    self._check_choices({"mlp_activation": T5_MLP_ACTIVATIONS,
+                         "hard_delete_key_bias": HARD_DELETE_KEY_BIASES})
     if min(self.d_model, self.num_heads, self.head_dim, self.d_ff, self.num_encoder_layers,
            self.num_decoder_layers) < 1:
       raise ValueError("T5Config sizes (d_model, num_heads, head_dim, d_ff, layer counts) must be >= 1.")

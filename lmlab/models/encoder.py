@@ -51,6 +51,33 @@ def _default_segment_ids(input_ids: jax.Array, pad_id: int) -> jax.Array:
   return (input_ids != pad_id).astype(jnp.int32)
 
 
+def _dense(cfg: EncoderConfig, features: layers.Features, kernel_axes: layers.AxisNames, *,
+           axis: layers.Axes = -1, quantize: bool = True, name: Optional[str] = None) -> nn.Module:
+  """A dense layer with bias, dtypes and init from the config.
+
+  Inside the blocks (``quantize``) it comes from the config's dense hook
+  (``dense_quantization``); heads, pooler and classifier stay float.
+  """
+  factory = (layers.dense_factory(cfg.dense_quantization, cfg.quantization_serving)
+             if quantize else layers.FLOAT)
+  return factory(features, kernel_axes, axis=axis, use_bias=cfg.use_bias,
+                 dtype=cfg.compute_dtype, param_dtype=cfg.parameter_dtype,
+                 init_stddev=cfg.initializer_range, name=name)
+
+
+def _norm(cfg: EncoderConfig, name: Optional[str] = None) -> nn.Module:
+  """The config's norm (type, epsilon, bias, dtypes)."""
+  return layers.make_norm(cfg.norm_type, eps=cfg.norm_eps, dtype=cfg.compute_dtype,
+                          param_dtype=cfg.parameter_dtype, use_bias=cfg.use_bias, name=name)
+
+
+def _embed(cfg: EncoderConfig, num_embeddings: int, axes: layers.AxisNames) -> layers.Embed:
+  """A ``d_model``-wide embedding table with the config's dtypes and init."""
+  return layers.Embed(num_embeddings=num_embeddings, features=cfg.d_model, axes=axes,
+                      dtype=cfg.compute_dtype, param_dtype=cfg.parameter_dtype,
+                      init_stddev=cfg.initializer_range)
+
+
 def _dropout(rate: float, x: jax.Array, deterministic: bool) -> jax.Array:
   """Dropout that creates no module (and needs no rng) when the rate is zero."""
   if rate <= 0.0:
@@ -74,9 +101,9 @@ class SelfAttention(nn.Module):
     shape = (cfg.num_heads, cfg.resolved_head_dim)
     qkv_axes = ("embed", "heads", "kv")
     head_constraint = ("batch", "length", "heads", "kv")
-    query = layers.dense(cfg, shape, qkv_axes, name="query")(x)
-    key = layers.dense(cfg, shape, qkv_axes, name="key")(x)
-    value = layers.dense(cfg, shape, qkv_axes, name="value")(x)
+    query = _dense(cfg, shape, qkv_axes, name="query")(x)
+    key = _dense(cfg, shape, qkv_axes, name="key")(x)
+    value = _dense(cfg, shape, qkv_axes, name="value")(x)
     if cfg.position_scheme == "rope":
       query = layers.apply_rotary(query, positions, cfg.rope_theta)
       key = layers.apply_rotary(key, positions, cfg.rope_theta)
@@ -93,7 +120,7 @@ class SelfAttention(nn.Module):
         dropout_rng=dropout_rng, dropout_rate=rate, deterministic=deterministic,
         backend=cfg.attention_backend, dtype=cfg.compute_dtype)
     out = nn.with_logical_constraint(out, head_constraint)
-    return layers.dense(cfg, cfg.d_model, ("heads", "kv", "embed"), axis=(-2, -1), name="out")(out)
+    return _dense(cfg, cfg.d_model, ("heads", "kv", "embed"), axis=(-2, -1), name="out")(out)
 
 
 class EncoderLayer(nn.Module):
@@ -117,9 +144,13 @@ class EncoderLayer(nn.Module):
     del bias
     cfg = self.config
     attention = SelfAttention(cfg, name="attention")
-    mlp = layers.Mlp(cfg, name="mlp")
-    attention_norm = layers.make_norm(cfg, name="attention_norm")
-    mlp_norm = layers.make_norm(cfg, name="mlp_norm")
+    mlp = layers.Mlp(
+        hidden_features=cfg.d_ff, activation=cfg.mlp_activation, use_bias=cfg.use_bias,
+        dtype=cfg.compute_dtype, param_dtype=cfg.parameter_dtype,
+        init_stddev=cfg.initializer_range,
+        dense=layers.dense_factory(cfg.dense_quantization, cfg.quantization_serving), name="mlp")
+    attention_norm = _norm(cfg, name="attention_norm")
+    mlp_norm = _norm(cfg, name="mlp_norm")
 
     def attend(h: jax.Array) -> jax.Array:
       h = attention(h, segment_ids=segment_ids, positions=positions, deterministic=deterministic)
@@ -193,14 +224,13 @@ class Embeddings(nn.Module):
 
   def setup(self):
     cfg = self.config
-    self.token_embedder = layers.make_embed(cfg, cfg.vocab_size, ("vocab", "embed"))
+    self.token_embedder = _embed(cfg, cfg.vocab_size, ("vocab", "embed"))
     if cfg.position_scheme == "learned":
-      self.position_embedder = layers.make_embed(cfg, cfg.max_positions, ("positions", "embed"))
+      self.position_embedder = _embed(cfg, cfg.max_positions, ("positions", "embed"))
     if cfg.num_token_types > 0:
-      self.token_type_embedder = layers.make_embed(cfg, cfg.num_token_types,
-                                                   ("token_types", "embed"))
+      self.token_type_embedder = _embed(cfg, cfg.num_token_types, ("token_types", "embed"))
     if cfg.embedding_norm:
-      self.norm = layers.make_norm(cfg)
+      self.norm = _norm(cfg)
     self.dropout = nn.Dropout(cfg.dropout_rate)
 
   def __call__(self, input_ids: jax.Array, positions: jax.Array,
@@ -248,7 +278,7 @@ class Encoder(nn.Module):
       layer_cls = _layer_class(cfg.mixer, 0, cfg.remat_policy)
       self.layers = [layer_cls(cfg) for _ in range(cfg.num_layers)]
     if self._has_final_norm:
-      self.final_norm = layers.make_norm(cfg)
+      self.final_norm = _norm(cfg)
 
   @property
   def _has_final_norm(self) -> bool:
@@ -314,9 +344,9 @@ class MaskedLMHead(nn.Module):
   def __call__(self, hidden: jax.Array,
                attend: Optional[Callable[[jax.Array], jax.Array]] = None) -> jax.Array:
     cfg = self.config
-    h = layers.dense(cfg, cfg.d_model, ("embed", "mlp"), quantize=False, name="transform")(hidden)
+    h = _dense(cfg, cfg.d_model, ("embed", "mlp"), quantize=False, name="transform")(hidden)
     h = layers.activation_fn("gelu")(h)
-    h = layers.make_norm(cfg, name="norm")(h)
+    h = _norm(cfg, name="norm")(h)
     if attend is not None:
       logits = attend(h)
       if cfg.use_bias:
@@ -324,7 +354,7 @@ class MaskedLMHead(nn.Module):
                           (cfg.vocab_size,), cfg.parameter_dtype)
         logits = logits + jnp.asarray(bias, jnp.float32)
     else:
-      logits = layers.dense(cfg, cfg.vocab_size, ("embed", "vocab"), quantize=False,
+      logits = _dense(cfg, cfg.vocab_size, ("embed", "vocab"), quantize=False,
                             name="decoder")(h)
     logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
     return jnp.asarray(logits, jnp.float32)
@@ -366,11 +396,19 @@ class EncoderForMaskedLM(nn.Module):
 class EncoderForSequenceClassification(nn.Module):
   """Encoder, pooler (dense + tanh), dropout and a linear classifier.
 
+  ``logits = classifier(dropout(tanh(pooler(v))))`` where ``v`` is
+
+  * ``cls``: the first token's hidden state. This is BERT's pooled-[CLS]
+    classifier, exactly Hugging Face's ``BertForSequenceClassification``
+    (``pooler`` = ``bert.pooler.dense``; ``lmlab.convert.hf_bert`` maps both
+    ways), so a fine-tune from an imported BERT starts from its pooler.
+  * ``mean``: the mean over non-padding tokens (``segment_ids > 0``), as the
+    BiGS reference's ``non_padding_mean`` pooler.
+
   Attributes:
     config: Encoder hyper-parameters.
     num_classes: Number of output classes (1 for regression).
-    pooling: ``cls`` pools the first token (BERT); ``mean`` averages the
-      non-padding tokens (``segment_ids > 0``).
+    pooling: ``cls`` or ``mean`` (``POOLINGS``).
   """
 
   config: EncoderConfig
@@ -397,9 +435,9 @@ class EncoderForSequenceClassification(nn.Module):
       weights = (segment_ids > 0).astype(jnp.float32)[..., None]
       total = jnp.sum(jnp.asarray(hidden, jnp.float32) * weights, axis=1)
       pooled = total / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
-    pooled = jnp.tanh(layers.dense(cfg, cfg.d_model, ("embed", "mlp"), quantize=False,
+    pooled = jnp.tanh(_dense(cfg, cfg.d_model, ("embed", "mlp"), quantize=False,
                                    name="pooler")(pooled))
     pooled = _dropout(cfg.dropout_rate, pooled, deterministic)
-    logits = layers.dense(cfg, self.num_classes, ("mlp", None), quantize=False,
+    logits = _dense(cfg, self.num_classes, ("mlp", None), quantize=False,
                           name="classifier")(pooled)
     return jnp.asarray(logits, jnp.float32)

@@ -11,7 +11,9 @@ value in ``(k, 0)`` computed from the input of one encoder block. It is added
 to attention scores over keys in that block, in every later block and in
 cross-attention ("soft deletion"). At inference ``lmlab.models.byte_level``
 removes tokens whose gate is below a threshold ("hard deletion") between
-``encode_lower`` and ``encode_upper``.
+``encode_lower`` and ``encode_upper``; the upper blocks and cross-attention
+then take the key bias it returns (0 on kept tokens, as in the reference) in
+place of the gate.
 
 Parameter tree (``params``)::
 
@@ -75,32 +77,36 @@ def relative_position_buckets(relative_position: jax.Array, *, bidirectional: bo
   return offset + jnp.where(distance < max_exact, distance, far)
 
 
-def _dense(cfg: T5Config, features, kernel_axes, stddev: float, *, axis=-1, use_bias=False,
-           name: Optional[str] = None) -> nn.Module:
-  """``DenseGeneral``, or its quantized drop-in (``cfg.dense_quantization``) in the blocks.
+def _dense(cfg: T5Config, features: layers.Features, kernel_axes: layers.AxisNames,
+           stddev: float, *, axis: layers.Axes = -1, name: Optional[str] = None) -> nn.Module:
+  """A bias-free projection from the config's dense hook (``dense_quantization``).
 
   The vocabulary projection (a kernel with a ``vocab`` axis) always stays float.
   """
-  cls = layers.DenseGeneral
-  if "vocab" not in kernel_axes and (cfg.dense_quantization != "none" or cfg.quantization_serving):
-    from lmlab.models import quantized as quantization  # pylint: disable=import-outside-toplevel  (imports layers)
-    cls = quantization.dense_class(cfg.dense_quantization, cfg.quantization_serving)
-  return cls(features=features, kernel_axes=kernel_axes, axis=axis, use_bias=use_bias,
-             dtype=cfg.compute_dtype, param_dtype=cfg.parameter_dtype, init_stddev=stddev,
-             name=name)
+  factory = (layers.FLOAT if "vocab" in kernel_axes
+             else layers.dense_factory(cfg.dense_quantization, cfg.quantization_serving))
+  return factory(features, kernel_axes, axis=axis, use_bias=False, dtype=cfg.compute_dtype,
+                 param_dtype=cfg.parameter_dtype, init_stddev=stddev, name=name)
 
 
-def _rms_norm(cfg: T5Config, name: Optional[str] = None) -> nn.RMSNorm:
-  return nn.RMSNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.parameter_dtype,
-                    scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                    force_float32_reductions=True, name=name)
+def _rms_norm(cfg: T5Config, name: Optional[str] = None) -> nn.Module:
+  """T5's scale-only RMSNorm: the shared norm with ``norm_type="rmsnorm"``."""
+  return layers.make_norm("rmsnorm", eps=cfg.norm_eps, dtype=cfg.compute_dtype,
+                          param_dtype=cfg.parameter_dtype, name=name)
 
 
-def _dropout(module: nn.Module, rate: float, x: jax.Array, deterministic: bool) -> jax.Array:
-  if rate <= 0.0 or deterministic:
-    return x
-  keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate, x.shape)
-  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+def _mlp(cfg: T5Config, name: Optional[str] = None) -> layers.Mlp:
+  """The shared MLP without biases and with dropout on its hidden units.
+
+  ``wo(dropout(act(wi_0 x) * wi_1 x))`` (gated) or ``wo(dropout(act(wi x)))``,
+  inits ``d_model**-0.5`` (inputs) and ``d_ff**-0.5`` (output) as in T5.
+  """
+  return layers.Mlp(
+      hidden_features=cfg.d_ff, activation=cfg.mlp_activation, use_bias=False,
+      hidden_dropout_rate=cfg.dropout_rate, dtype=cfg.compute_dtype,
+      param_dtype=cfg.parameter_dtype, init_stddev=cfg.d_model**-0.5,
+      out_init_stddev=cfg.d_ff**-0.5,
+      dense=layers.dense_factory(cfg.dense_quantization, cfg.quantization_serving), name=name)
 
 
 class RelativePositionBias(nn.Module):
@@ -175,30 +181,6 @@ class Attention(nn.Module):
     return self.out(out)
 
 
-class Mlp(nn.Module):
-  """``wo(dropout(act(wi_0 x) * wi_1 x))`` (gated) or ``wo(dropout(act(wi x)))``.
-
-  Attributes:
-    config: Model hyper-parameters.
-  """
-
-  config: T5Config
-
-  @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
-    cfg = self.config
-    act = layers.activation_fn(cfg.mlp_activation)
-    std_in = cfg.d_model**-0.5
-    if cfg.mlp_activation.startswith("gated_"):
-      hidden = (act(_dense(cfg, cfg.d_ff, ("embed", "mlp"), std_in, name="wi_0")(x)) *
-                _dense(cfg, cfg.d_ff, ("embed", "mlp"), std_in, name="wi_1")(x))
-    else:
-      hidden = act(_dense(cfg, cfg.d_ff, ("embed", "mlp"), std_in, name="wi")(x))
-    hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
-    hidden = _dropout(self, cfg.dropout_rate, hidden, deterministic)
-    return _dense(cfg, cfg.d_model, ("mlp", "embed"), cfg.d_ff**-0.5, name="wo")(hidden)
-
-
 class EncoderLayer(nn.Module):
   """Pre-norm self-attention and MLP blocks with residuals."""
 
@@ -211,9 +193,9 @@ class EncoderLayer(nn.Module):
     attention = Attention(cfg, name="attention")
     key, value = attention.project_key_value(h)
     h = attention(h, key, value, visibility=visibility, causal=False, deterministic=deterministic)
-    x = x + _dropout(self, cfg.dropout_rate, h, deterministic)
-    h = Mlp(cfg, name="mlp")(_rms_norm(cfg, "pre_mlp_norm")(x), deterministic)
-    x = x + _dropout(self, cfg.dropout_rate, h, deterministic)
+    x = x + layers.dropout(self, cfg.dropout_rate, h, deterministic)
+    h = _mlp(cfg, "mlp")(_rms_norm(cfg, "pre_mlp_norm")(x), deterministic)
+    x = x + layers.dropout(self, cfg.dropout_rate, h, deterministic)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
@@ -234,7 +216,7 @@ class DecoderLayer(nn.Module):
     self.pre_cross_attention_norm = _rms_norm(cfg)
     self.cross_attention = Attention(cfg)
     self.pre_mlp_norm = _rms_norm(cfg)
-    self.mlp = Mlp(cfg)
+    self.mlp = _mlp(cfg)
 
   def __call__(self, x: jax.Array, self_visibility: Visibility, encoded: Optional[jax.Array],
                cross_visibility: Visibility, deterministic: bool,
@@ -254,7 +236,7 @@ class DecoderLayer(nn.Module):
     # key segment ids (filled positions only).
     h = self.self_attention(h, key, value, visibility=self_visibility, causal=cache is None,
                             deterministic=deterministic)
-    x = x + _dropout(self, rate, h, deterministic)
+    x = x + layers.dropout(self, rate, h, deterministic)
     h = self.pre_cross_attention_norm(x)
     if cache is not None:
       cross_key, cross_value = cache["cross_key"], cache["cross_value"]
@@ -262,8 +244,9 @@ class DecoderLayer(nn.Module):
       cross_key, cross_value = self.cross_attention.project_key_value(encoded)
     h = self.cross_attention(h, cross_key, cross_value, visibility=cross_visibility,
                              causal=False, deterministic=deterministic)
-    x = x + _dropout(self, rate, h, deterministic)
-    x = x + _dropout(self, rate, self.mlp(self.pre_mlp_norm(x), deterministic), deterministic)
+    x = x + layers.dropout(self, rate, h, deterministic)
+    h = self.mlp(self.pre_mlp_norm(x), deterministic)
+    x = x + layers.dropout(self, rate, h, deterministic)
     return nn.with_logical_constraint(x, ("batch", "length", "embed")), cache
 
   def cross_key_value(self, encoded: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -278,7 +261,11 @@ def _remat(cls: type[nn.Module], policy: str, static_argnums: tuple[int, ...]) -
 
 
 class DeleteGate(nn.Module):
-  """MrT5's gate ``k * sigmoid(-(w . norm(h) + b))``; padding gets ``k``."""
+  """MrT5's gate ``k * sigmoid(-(w . norm(h) + b))``; padding gets ``k``.
+
+  ``w, b`` are the reference's ``Linear(d_model, 1)``: Xavier-uniform weights
+  (bound ``sqrt(6 / (d_model + 1))``) and bias ``delete_gate_bias_init`` (1).
+  """
 
   config: T5Config
 
@@ -288,7 +275,8 @@ class DeleteGate(nn.Module):
     h = _rms_norm(cfg, "norm")(hidden)
     logit = layers.DenseGeneral(
         features=1, kernel_axes=("embed", None), use_bias=False, dtype=jnp.float32,
-        param_dtype=cfg.parameter_dtype, init_stddev=cfg.d_model**-0.5, name="proj")(h)[..., 0]
+        param_dtype=cfg.parameter_dtype, kernel_init=nn.initializers.xavier_uniform(),
+        name="proj")(h)[..., 0]
     bias = self.param(
         "proj_bias",
         nn.with_logical_partitioning(nn.initializers.constant(cfg.delete_gate_bias_init), (None,)),
@@ -325,7 +313,7 @@ class Encoder(nn.Module):
             deterministic: bool = True, gate_override: Optional[jax.Array] = None):
     """Blocks before the delete gate; returns (hidden, gate or None)."""
     cfg = self.config
-    x = _dropout(self, cfg.dropout_rate, self.embedder(input_ids), deterministic)
+    x = layers.dropout(self, cfg.dropout_rate, self.embedder(input_ids), deterministic)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     split = cfg.num_encoder_layers if cfg.delete_gate_layer is None else cfg.delete_gate_layer
     x = self._run(x, segment_ids, positions, None, 0, split, deterministic)
@@ -343,7 +331,7 @@ class Encoder(nn.Module):
     if cfg.delete_gate_layer is not None:
       x = self._run(x, segment_ids, positions, gate, cfg.delete_gate_layer,
                     cfg.num_encoder_layers, deterministic)
-    x = _dropout(self, cfg.dropout_rate, self.final_norm(x), deterministic)
+    x = layers.dropout(self, cfg.dropout_rate, self.final_norm(x), deterministic)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
   def __call__(self, input_ids, segment_ids, positions, deterministic=True, gate_override=None):
@@ -368,7 +356,7 @@ class Decoder(nn.Module):
 
   def _logits(self, x: jax.Array, deterministic: bool) -> jax.Array:
     cfg = self.config
-    x = _dropout(self, cfg.dropout_rate, self.final_norm(x), deterministic)
+    x = layers.dropout(self, cfg.dropout_rate, self.final_norm(x), deterministic)
     if cfg.tie_word_embeddings:
       logits = self.embedder.attend(x * cfg.d_model**-0.5)
     else:
@@ -385,12 +373,12 @@ class Decoder(nn.Module):
                            bias=self.relpos_bias(index, index))
     cross_visibility = dict(q_segment_ids=segment_ids, kv_segment_ids=encoder_segment_ids,
                             key_bias=gate)
-    x = _dropout(self, self.config.dropout_rate, self.embedder(input_ids), deterministic)
+    x = layers.dropout(self, self.config.dropout_rate, self.embedder(input_ids), deterministic)
     for layer in self.layers:
       x, _ = layer(x, self_visibility, encoded, cross_visibility, deterministic)
     if not return_hidden:
       return self._logits(x, deterministic)
-    return _dropout(self, self.config.dropout_rate, self.final_norm(x), deterministic)
+    return layers.dropout(self, self.config.dropout_rate, self.final_norm(x), deterministic)
 
   def init_cache(self, encoded: jax.Array, encoder_valid: jax.Array, gate: Optional[jax.Array],
                  max_decode_length: int) -> Cache:

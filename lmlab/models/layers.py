@@ -1,4 +1,4 @@
-"""Building blocks of the encoder, each parameter tagged with logical axis names.
+"""Building blocks shared by the networks, each parameter tagged with logical axis names.
 
 Every parameter is created through ``nn.with_logical_partitioning`` so that the
 partitioning rules (owned outside the model code) can map its axes onto a
@@ -6,137 +6,82 @@ device mesh. The logical vocabulary used here is ``batch, length, embed, mlp,
 heads, kv, vocab, token_types, positions``; ``None`` marks an axis that is
 always replicated (only the tiny class axis of a classifier uses it).
 
-The helpers take an ``EncoderConfig`` where they need several of its fields,
-which keeps call sites short and the choices (norm type, activation, dtypes)
-in one place.
+The helpers take plain arguments (widths, dtypes, init stddevs, norm type,
+activation name, dropout rate), never a network config: each network turns
+its own config into them, so the BERT-family encoder and T5 share one norm,
+one MLP and one dense hook. Dense layers inside blocks come from a
+``DenseFactory`` (``lmlab.models.dense``); :func:`dense_factory` picks its
+layer class by quantization name, which is where ``lmlab.models.quantized``
+plugs in.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmlab.models.config import EncoderConfig
-
-AxisNames = tuple[Optional[str], ...]
-Features = Union[int, tuple[int, ...]]
-Axes = Union[int, tuple[int, ...]]
-
-
-def _normalize_axes(axes: Union[int, Sequence[int]], ndim: int) -> tuple[int, ...]:
-  axes = (axes,) if isinstance(axes, int) else tuple(axes)
-  return tuple(a % ndim for a in axes)
+# Partly re-exported: the networks reach every shared building block through this module.
+from lmlab.models.dense import (FLOAT, Axes, AxisNames, DenseAdapter, DenseFactory, DenseGeneral,
+                                Features)
+from lmlab.models.quantized import QUANTIZED_LAYERS
 
 
-class DenseGeneral(nn.Module):
-  """Linear map over one or more trailing input axes onto one or more output axes.
+def dense_factory(quantization: str = "none", serving: bool = False,
+                  adapters: Sequence[DenseAdapter] = ()) -> DenseFactory:
+  """The dense hook of a network's blocks for a ``dense_quantization`` name.
 
-  Written out (rather than wrapping ``nn.DenseGeneral``) so the kernel is
-  created directly in its final multi-axis shape and receives exactly the
-  logical names given here.
+  Args:
+    quantization: ``none`` (``DenseGeneral``) or a key of
+      ``quantized.QUANTIZED_LAYERS`` (``bitlinear``, ``int8``).
+    serving: Quantized layers hold packed weights and run the low-bit kernels.
+    adapters: Wrappers applied, in order, around the chosen layer (see
+      ``DenseFactory.adapters``).
 
-  Attributes:
-    features: Output shape appended after the batch axes, e.g. ``(heads, head_dim)``.
-    kernel_axes: Logical names of the kernel: contracted input axes first,
-      then the output axes.
-    axis: Input axes that are contracted.
-    use_bias: Add a bias of shape ``features`` (named by the output part of
-      ``kernel_axes``).
-    dtype: Compute dtype; inputs and kernel are cast to it.
-    param_dtype: Storage dtype of the parameters.
-    init_stddev: Stddev of the truncated-normal kernel init.
+  Raises:
+    ValueError: For an unknown name, or ``serving`` without quantization.
   """
-
-  features: Features
-  kernel_axes: AxisNames
-  axis: Axes = -1
-  use_bias: bool = True
-  dtype: jnp.dtype = jnp.float32
-  param_dtype: jnp.dtype = jnp.float32
-  init_stddev: float = 0.02
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
-    axes = _normalize_axes(self.axis, x.ndim)
-    in_shape = tuple(x.shape[a] for a in axes)
-    if len(self.kernel_axes) != len(in_shape) + len(features):
-      raise ValueError(f"kernel_axes {self.kernel_axes} do not match a kernel of shape "
-                       f"{in_shape + features}.")
-    kernel = self.param(
-        "kernel",
-        nn.with_logical_partitioning(
-            nn.initializers.truncated_normal(stddev=self.init_stddev), self.kernel_axes),
-        in_shape + features, self.param_dtype)
-    kernel = jnp.asarray(kernel, self.dtype)
-    x = jnp.asarray(x, self.dtype)
-    if axes == tuple(range(x.ndim - len(axes), x.ndim)):
-      # Contracting trailing axes: one 2-D matmul over all leading (token) axes.
-      # Same arithmetic as the dot_general below, but XLA:CPU runs its
-      # backward pass ~1.6x faster without the multi-axis weight-gradient
-      # transposes (measured on a gated MLP).
-      lead = x.shape[:x.ndim - len(axes)]
-      size_in, size_out = math.prod(in_shape), math.prod(features)
-      y = jnp.dot(x.reshape(-1, size_in), kernel.reshape(size_in, size_out))
-      y = y.reshape(lead + features)
-    else:
-      contract = (axes, tuple(range(len(axes))))
-      y = jax.lax.dot_general(x, kernel, (contract, ((), ())))
-    return add_output_bias(self, y, features, self.kernel_axes[len(in_shape):])
+  if quantization == "none":
+    if serving:
+      raise ValueError("quantization_serving=True needs dense_quantization='bitlinear' or 'int8' "
+                       "(there is nothing to serve packed with 'none').")
+    return DenseFactory(adapters=tuple(adapters))
+  if quantization not in QUANTIZED_LAYERS:
+    raise ValueError(f"dense_quantization={quantization!r} is not one of "
+                     f"{('none',) + tuple(QUANTIZED_LAYERS)}.")
+  return DenseFactory(QUANTIZED_LAYERS[quantization], options=(("serving", serving),),
+                      adapters=tuple(adapters))
 
 
-def add_output_bias(module: nn.Module, y: jax.Array, features: tuple[int, ...],
-                    bias_axes: tuple[str, ...]) -> jax.Array:
-  """Adds a zero-initialised ``bias`` over the output axes when ``module.use_bias``.
-
-  Shared by ``DenseGeneral`` and the quantized dense layers so their bias
-  parameter is named, shaped and partitioned identically.
-  """
-  if not module.use_bias:
-    return y
-  bias = module.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, bias_axes),
-                      features, module.param_dtype)
-  return y + jnp.asarray(bias, module.dtype)
-
-
-def dense(config: EncoderConfig, features: Features, kernel_axes: AxisNames, *, axis: Axes = -1,
-          use_bias: Optional[bool] = None, quantize: bool = True,
-          name: Optional[str] = None) -> nn.Module:
-  """A dense layer with dtypes, init and (by default) bias taken from the config.
-
-  ``DenseGeneral``, or with ``config.dense_quantization`` its quantization-aware
-  drop-in (``lmlab.models.quantized``: same parameters). ``quantize=False`` keeps
-  a layer float whatever the config (heads, poolers, classifiers).
-  """
-  cls = DenseGeneral
-  if quantize and (config.dense_quantization != "none" or config.quantization_serving):
-    from lmlab.models import quantized as quantization  # pylint: disable=import-outside-toplevel  (imports this module)
-    cls = quantization.dense_class(config.dense_quantization, config.quantization_serving)
-  return cls(
-      features=features, kernel_axes=kernel_axes, axis=axis,
-      use_bias=config.use_bias if use_bias is None else use_bias,
-      dtype=config.compute_dtype, param_dtype=config.parameter_dtype,
-      init_stddev=config.initializer_range, name=name)
-
-
-def make_norm(config: EncoderConfig, name: Optional[str] = None) -> nn.Module:
-  """Flax's LayerNorm or RMSNorm as the config asks, with ``("embed",)`` parameters.
+def make_norm(norm_type: str = "layernorm", *, eps: float, dtype: jnp.dtype = jnp.float32,
+              param_dtype: jnp.dtype = jnp.float32, use_bias: bool = True,
+              name: Optional[str] = None) -> nn.Module:
+  """Flax's LayerNorm or RMSNorm with ``("embed",)`` parameters.
 
   Statistics are reduced in float32 whatever the compute dtype; LayerNorm uses
   the two-pass variance (as BERT implementations do) rather than E[x^2]-E[x]^2.
+
+  Args:
+    norm_type: ``layernorm`` (mean subtraction, bias when ``use_bias``) or
+      ``rmsnorm`` (scale only; T5's norm).
+    eps: Added to the variance (mean square).
+    dtype: Output dtype.
+    param_dtype: Storage dtype of ``scale`` (and ``bias``).
+    use_bias: LayerNorm only.
+    name: Module name.
   """
   scale_init = nn.with_logical_partitioning(nn.initializers.ones, ("embed",))
-  common = dict(epsilon=config.norm_eps, dtype=config.compute_dtype,
-                param_dtype=config.parameter_dtype, scale_init=scale_init,
+  common = dict(epsilon=eps, dtype=dtype, param_dtype=param_dtype, scale_init=scale_init,
                 force_float32_reductions=True, name=name)
-  if config.norm_type == "rmsnorm":
+  if norm_type == "rmsnorm":
     return nn.RMSNorm(**common)
-  return nn.LayerNorm(use_bias=config.use_bias, use_fast_variance=False,
+  if norm_type != "layernorm":
+    raise ValueError(f"Unknown norm_type {norm_type!r}; known: layernorm, rmsnorm.")
+  return nn.LayerNorm(use_bias=use_bias, use_fast_variance=False,
                       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
                       **common)
 
@@ -160,31 +105,65 @@ def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
   return table[base]
 
 
+def dropout(module: nn.Module, rate: float, x: jax.Array, deterministic: bool) -> jax.Array:
+  """Inverted dropout drawing its mask from ``module``'s ``dropout`` rng stream.
+
+  Creates no submodule and needs no rng when ``rate`` is 0 or
+  ``deterministic``; the mask depends on ``module``'s path, so a call from
+  the same module at the same place draws the same mask.
+  """
+  if rate <= 0.0 or deterministic:
+    return x
+  keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
 class Mlp(nn.Module):
   """Position-wise feed-forward block: ``wo(act(wi(x)))`` or gated ``wo(act(wi_0(x)) * wi_1(x))``.
 
-  As in BERT, there is no dropout on the hidden activations; the caller
-  applies dropout to the sub-layer output.
+  The output width is the input's. BERT uses no dropout on the hidden
+  activations (the caller drops the sub-layer output); T5 drops them too
+  (``hidden_dropout_rate``).
 
   Attributes:
-    config: Encoder hyper-parameters (``d_ff``, ``mlp_activation``, dtypes).
+    hidden_features: Width of the hidden activations (``d_ff``).
+    activation: Name for :func:`activation_fn`; a ``gated_`` prefix gives two
+      input projections ``wi_0``/``wi_1``.
+    use_bias: Biases on the projections.
+    hidden_dropout_rate: Dropout on the hidden activations (``dropout`` rng).
+    dtype: Compute dtype.
+    param_dtype: Storage dtype of the parameters.
+    init_stddev: Kernel init stddev of the input projections.
+    out_init_stddev: Kernel init stddev of ``wo``; ``None``: ``init_stddev``.
+    dense: Hook that builds the projections (quantization, adapters).
   """
 
-  config: EncoderConfig
+  hidden_features: int
+  activation: str = "gelu"
+  use_bias: bool = True
+  hidden_dropout_rate: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+  init_stddev: float = 0.02
+  out_init_stddev: Optional[float] = None
+  dense: DenseFactory = FLOAT
+
+  def _project(self, features: int, axes: AxisNames, stddev: float, name: str) -> nn.Module:
+    return self.dense(features, axes, use_bias=self.use_bias, dtype=self.dtype,
+                      param_dtype=self.param_dtype, init_stddev=stddev, name=name)
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
-    cfg = self.config
-    act = activation_fn(cfg.mlp_activation)
-    if cfg.mlp_activation.startswith("gated_"):
-      gate = dense(cfg, cfg.d_ff, ("embed", "mlp"), name="wi_0")(x)
-      linear = dense(cfg, cfg.d_ff, ("embed", "mlp"), name="wi_1")(x)
-      hidden = act(gate) * linear
+  def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+    act = activation_fn(self.activation)
+    up = lambda name: self._project(self.hidden_features, ("embed", "mlp"), self.init_stddev, name)
+    if self.activation.startswith("gated_"):
+      hidden = act(up("wi_0")(x)) * up("wi_1")(x)
     else:
-      hidden = act(dense(cfg, cfg.d_ff, ("embed", "mlp"), name="wi")(x))
+      hidden = act(up("wi")(x))
     hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
-    del deterministic  # kept for a uniform sub-layer signature
-    return dense(cfg, cfg.d_model, ("mlp", "embed"), name="wo")(hidden)
+    hidden = dropout(self, self.hidden_dropout_rate, hidden, deterministic)
+    out_stddev = self.init_stddev if self.out_init_stddev is None else self.out_init_stddev
+    return self._project(x.shape[-1], ("mlp", "embed"), out_stddev, "wo")(hidden)
 
 
 class Embed(nn.Module):
@@ -221,14 +200,6 @@ class Embed(nn.Module):
     table = jnp.asarray(self.embedding, self.dtype)
     return jnp.einsum("...d,vd->...v", jnp.asarray(x, self.dtype), table,
                       preferred_element_type=jnp.float32)
-
-
-def make_embed(config: EncoderConfig, num_embeddings: int, axes: AxisNames,
-               name: Optional[str] = None) -> Embed:
-  """An ``Embed`` of width ``d_model`` with dtypes and init from the config."""
-  return Embed(num_embeddings=num_embeddings, features=config.d_model, axes=axes,
-               dtype=config.compute_dtype, param_dtype=config.parameter_dtype,
-               init_stddev=config.initializer_range, name=name)
 
 
 def apply_rotary(x: jax.Array, positions: jax.Array, theta: float = 10000.0) -> jax.Array:

@@ -1,12 +1,16 @@
 """Quantization-aware dense layers (BitNet b1.58 ternary, int8 W8A8) and packed serving.
 
-Two drop-in replacements for ``lmlab.models.layers.DenseGeneral``: same
+Two drop-in replacements for ``lmlab.models.dense.DenseGeneral``: same
 attributes (``features, kernel_axes, axis, use_bias, dtype, param_dtype,
 init_stddev``), same parameters (``kernel``/``bias``, same shapes, logical
 axis names and init), so a quantized model reads and writes the checkpoints
 of the float model and the partitioning rules need no change. Select them
 for a whole network with ``EncoderConfig.dense_quantization`` /
-``T5Config.dense_quantization`` (``"bitlinear"`` or ``"int8"``).
+``T5Config.dense_quantization`` (``"bitlinear"`` or ``"int8"``), which
+``lmlab.models.layers.dense_factory`` turns into the networks' dense hook
+(``lmlab.models.dense.DenseFactory``) by looking the name up in
+``QUANTIZED_LAYERS``. This module imports only ``dense``, never the layers
+or networks that use it.
 
 Training (quantization-aware)
   The parameters stay full precision ("latent" weights). Each forward pass
@@ -86,7 +90,6 @@ Packed serving
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Callable, Mapping, Optional
 
@@ -95,8 +98,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmlab.models import layers
-from lmlab.models.config import DENSE_QUANTIZATIONS
+from lmlab.models import dense
 from pallas_kernels import lowbit_matmul
 
 TERNARY_EPS = 1e-5  # absmean guard, as lowbit_matmul.quantize_ternary_absmean
@@ -145,9 +147,9 @@ class _QuantizedDense(nn.Module):
       quantization-aware training on a float ``kernel``.
   """
 
-  features: layers.Features
-  kernel_axes: layers.AxisNames
-  axis: layers.Axes = -1
+  features: dense.Features
+  kernel_axes: dense.AxisNames
+  axis: dense.Axes = -1
   use_bias: bool = True
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
@@ -173,7 +175,7 @@ class _QuantizedDense(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
-    axes = layers._normalize_axes(self.axis, x.ndim)  # pylint: disable=protected-access
+    axes = dense.normalize_axes(self.axis, x.ndim)
     in_shape = tuple(x.shape[a] for a in axes)
     if len(self.kernel_axes) != len(in_shape) + len(features):
       raise ValueError(f"kernel_axes {self.kernel_axes} do not match a kernel of shape "
@@ -194,7 +196,7 @@ class _QuantizedDense(nn.Module):
           in_shape + features, self.param_dtype)
       y = self._train_matmul(x2d, kernel.reshape(size_in, size_out))
     y = jnp.asarray(y, self.dtype).reshape(lead + features)
-    return layers.add_output_bias(self, y, features, self.kernel_axes[len(in_shape):])
+    return dense.add_output_bias(self, y, features, self.kernel_axes[len(in_shape):])
 
 
 class BitLinear(_QuantizedDense):
@@ -282,23 +284,8 @@ class Int8Dense(_QuantizedDense):
         out_dtype=jnp.float32)
 
 
-def dense_class(kind: str, serving: bool = False) -> Callable[..., nn.Module]:
-  """The dense layer class for a ``dense_quantization`` value.
-
-  Returns ``DenseGeneral`` for ``"none"``, else a constructor of
-  :class:`BitLinear` / :class:`Int8Dense` with ``serving`` bound.
-
-  Raises:
-    ValueError: for an unknown kind, or ``serving`` without quantization.
-  """
-  if kind not in DENSE_QUANTIZATIONS:
-    raise ValueError(f"dense_quantization={kind!r} is not one of {DENSE_QUANTIZATIONS}.")
-  if kind == "none":
-    if serving:
-      raise ValueError("quantization_serving=True needs dense_quantization='bitlinear' or 'int8' "
-                       "(there is nothing to serve packed with 'none').")
-    return layers.DenseGeneral
-  return functools.partial(BitLinear if kind == "bitlinear" else Int8Dense, serving=serving)
+# ``dense_quantization`` name -> layer class (``"none"`` is the float ``dense.DenseGeneral``).
+QUANTIZED_LAYERS: dict[str, type[nn.Module]] = {"bitlinear": BitLinear, "int8": Int8Dense}
 
 
 # ---------------------------------------------------------------------------

@@ -39,6 +39,8 @@ class HeadSpec(Protocol):
 
 
 FEATURES = ("input_ids", "token_type_ids", "segment_ids", "positions", "label", "weight")
+# Encoder poolings (``EncoderForSequenceClassification``): ``mean`` over real tokens, or
+# ``cls``, BERT's pooled [CLS] ``tanh(pooler(h_0))`` (its pooler imports from Hugging Face BERT).
 POOLINGS = ("mean", "cls")
 
 
@@ -59,8 +61,10 @@ class ClassificationModel(ModelWrapper):
       config: The pretrained network's hyper-parameters (vocab_size set).
       spec: The task; fixes the head width and the loss.
       pooling: Encoder pooling, ``mean`` over real tokens (the default: lmlab
-        pretraining has no [CLS] token; BiGS pools this way) or ``cls`` (the
-        first token). Unused by EncT5, which pools by attention.
+        pretraining has no [CLS] token; BiGS pools this way) or ``cls``, BERT's
+        pooled-[CLS] classifier (first token, then the ``tanh`` pooler, which
+        an imported Hugging Face BERT provides). Both go through the pooler.
+        Unused by EncT5, which pools by attention.
     """
     if pooling not in POOLINGS:
       raise ValueError(f"pooling={pooling!r} is not one of {POOLINGS}.")

@@ -44,33 +44,67 @@ class DeletionRegularizer:
 
   The gate is negative (``k`` = deleted), so the penalty pushes towards
   deletion while the cross-entropy pushes towards keeping. With
-  ``target_rate`` set, ``alpha`` is not fixed but set every step by a PI
-  controller from the error ``target_rate - deletion_rate``:
-  ``alpha = clip(kp * error + ki * sum(errors), min_alpha, max_alpha)``.
-  A negative ``alpha`` rewards keeping tokens: without it an overshoot
-  (gates saturated near ``k``, where the cross-entropy's gradient vanishes)
-  could never be undone and the rate would stay above the target.
+  ``target_rate`` set, ``alpha`` is not fixed but set after every step by
+  the reference's PI controller (Kallini et al. 2024) from the error
+  ``e = target_rate - deletion_rate`` (a rate below the target raises
+  ``alpha``)::
+
+    p_acc = p_smoothing * p_acc + (1 - p_smoothing) * kp * e   (0.9 / 0.1 in the reference)
+    i_acc = i_acc + ki * e
+    alpha = clip(p_acc + i_acc, min_alpha, max_alpha)            (max(0, .) in the reference)
+
+  The defaults are the reference's. ``p_smoothing=0, min_alpha=-1,
+  max_alpha=1, kp=0.05, ki=0.005`` gives lmlab's earlier controller (a plain
+  P term and a signed ``alpha``, which rewards keeping tokens after an
+  overshoot).
 
   Attributes:
-    alpha: Fixed weight (``target_rate`` None) or the controller's start value.
+    alpha: Fixed weight (``target_rate`` None) or the weight of the first
+      step (the controller sets every later one).
     target_rate: Desired fraction of deleted tokens; None: fixed ``alpha``.
     kp: Proportional gain.
     ki: Integral gain.
-    max_alpha: Upper clip of ``alpha``.
-    min_alpha: Lower clip of ``alpha`` (0 for a penalty that only ever
-      pushes towards deletion).
+    p_smoothing: Exponential smoothing of the proportional term (0: none).
+    min_alpha: Lower clip of ``alpha`` (0: the penalty only ever pushes
+      towards deletion).
+    max_alpha: Upper clip of ``alpha``; None: none.
   """
 
   alpha: float = 0.01
   target_rate: Optional[float] = None
-  kp: float = 0.05
-  ki: float = 0.005
-  max_alpha: float = 1.0
-  min_alpha: float = -1.0
+  kp: float = 0.5
+  ki: float = 1e-5
+  p_smoothing: float = 0.9
+  min_alpha: float = 0.0
+  max_alpha: Optional[float] = None
 
   def __post_init__(self):
     if self.target_rate is not None and not 0.0 <= self.target_rate < 1.0:
       raise ValueError(f"DeletionRegularizer.target_rate must be in [0, 1), got {self.target_rate}.")
+    if not 0.0 <= self.p_smoothing < 1.0:
+      raise ValueError(
+          f"DeletionRegularizer.p_smoothing must be in [0, 1), got {self.p_smoothing}.")
+    if self.max_alpha is not None and self.max_alpha < self.min_alpha:
+      raise ValueError(f"DeletionRegularizer.max_alpha={self.max_alpha} is below "
+                       f"min_alpha={self.min_alpha}.")
+
+  def initial_state(self) -> dict[str, jnp.ndarray]:
+    """Controller state before the first step: the start ``alpha``, empty P and I terms."""
+    zero = jnp.zeros((), jnp.float32)
+    return {"deletion_alpha": jnp.asarray(self.alpha, jnp.float32),
+            "deletion_p_acc": zero, "deletion_i_acc": zero}
+
+  def update(self, state: Mapping[str, jnp.ndarray], deletion_rate: jnp.ndarray) -> dict:
+    """One controller step from the deletion rate of the step just taken."""
+    error = self.target_rate - deletion_rate
+    p_acc = self.p_smoothing * state["deletion_p_acc"] + (1.0 - self.p_smoothing) * self.kp * error
+    i_acc = state["deletion_i_acc"] + self.ki * error
+    alpha = jnp.maximum(p_acc + i_acc, self.min_alpha)
+    if self.max_alpha is not None:
+      alpha = jnp.minimum(alpha, self.max_alpha)
+    return {"deletion_alpha": jnp.asarray(alpha, jnp.float32),
+            "deletion_p_acc": jnp.asarray(p_acc, jnp.float32),
+            "deletion_i_acc": jnp.asarray(i_acc, jnp.float32)}
 
 
 @gin.configurable
@@ -126,8 +160,7 @@ class EncoderDecoderModel(ModelWrapper):
   def initial_model_state(self) -> dict[str, jnp.ndarray]:
     if self.deletion is None or self.deletion.target_rate is None:
       return {}
-    return {"deletion_alpha": jnp.asarray(self.deletion.alpha, jnp.float32),
-            "deletion_error_integral": jnp.zeros((), jnp.float32)}
+    return self.deletion.initial_state()
 
   def _alpha(self, model_state: Optional[dict]) -> float:
     if self.deletion is None:
@@ -174,13 +207,8 @@ class EncoderDecoderModel(ModelWrapper):
     """One PI-controller step of MrT5's ``alpha`` from this step's deletion rate."""
     if not model_state:  # only MrT5 with a target rate has controller state
       return model_state
-    reg = self.deletion
     rate = sums["deleted_sum"] / jnp.maximum(sums["encoder_token_sum"], 1.0)
-    error = reg.target_rate - rate
-    integral = model_state["deletion_error_integral"] + error
-    alpha = jnp.clip(reg.kp * error + reg.ki * integral, reg.min_alpha, reg.max_alpha)
-    return {"deletion_alpha": alpha.astype(jnp.float32),
-            "deletion_error_integral": integral.astype(jnp.float32)}
+    return self.deletion.update(model_state, rate)
 
   def metrics(self, sums: Mapping[str, Any]) -> dict[str, float]:
     scalars = metrics_from_sums(sums)
@@ -196,10 +224,13 @@ class EncoderDecoderModel(ModelWrapper):
 
   def encode(self, params: Params, encoder_input_tokens: jnp.ndarray, *,
              hard_delete: bool = False) -> tuple[jnp.ndarray, jnp.ndarray, Optional[jnp.ndarray]]:
-    """Encoder output, its segment ids and the MrT5 gate, for unpacked rows of inputs.
+    """Encoder output, its segment ids and the MrT5 key bias, for unpacked rows of inputs.
 
-    With ``hard_delete`` (MrT5 only) the blocks after the gate run on the
-    kept tokens only; the returned arrays are then shorter than the input.
+    Without hard deletion the key bias is the gate. With ``hard_delete``
+    (MrT5 only) the blocks after the gate run on the kept tokens only, the
+    returned arrays are shorter than the input, and the key bias is what
+    ``T5Config.hard_delete_key_bias`` says (the reference: 0 on every kept
+    token; see ``lmlab.models.byte_level``).
     """
     variables = {"params": params}
     ids = jnp.asarray(encoder_input_tokens, jnp.int32)
@@ -211,10 +242,11 @@ class EncoderDecoderModel(ModelWrapper):
     positions = np.arange(ids.shape[1], dtype=np.int32)[None]
     kept = keep_tokens(np.asarray(hidden), np.asarray(segment_ids), positions, np.asarray(gate),
                        threshold=self.config.delete_threshold,
-                       pad_gate=self.config.delete_gate_scale)
+                       pad_gate=self.config.delete_gate_scale,
+                       key_bias=self.config.hard_delete_key_bias)
     encoded = self._jit_method("encode_upper")(
-        variables, kept.hidden, kept.segment_ids, kept.positions, kept.gate)
-    return encoded, jnp.asarray(kept.segment_ids), jnp.asarray(kept.gate)
+        variables, kept.hidden, kept.segment_ids, kept.positions, kept.key_bias)
+    return encoded, jnp.asarray(kept.segment_ids), jnp.asarray(kept.key_bias)
 
   def _jit_method(self, method: str):
     """The network's ``method``, jitted once per wrapper."""

@@ -1,10 +1,12 @@
-"""Hugging Face BERT/RoBERTa MLM <-> lmlab EncoderForMaskedLM conversion."""
+"""Hugging Face BERT/RoBERTa (MLM, pooler, sequence classifier) <-> lmlab conversion."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import types as types_module
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -16,7 +18,8 @@ transformers = pytest.importorskip("transformers")
 from lmlab.convert import common, hf_bert
 from lmlab.convert.__main__ import main as convert_main
 from lmlab.models.config import EncoderConfig
-from lmlab.models.encoder import EncoderForMaskedLM
+from lmlab.models.encoder import EncoderForMaskedLM, EncoderForSequenceClassification
+from lmlab.wrappers.classification import ClassificationModel
 
 SIZES = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
              intermediate_size=64, max_position_embeddings=40, hidden_dropout_prob=0.0,
@@ -24,14 +27,14 @@ SIZES = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_
 TOLERANCE = 1e-4
 
 
-def make_hf(model_type: str, seed: int = 0, **overrides):
-  """A random MLM in eval mode; biases and norms perturbed away from their 0/1 init."""
+def make_hf(model_type: str, seed: int = 0, cls=None, **overrides):
+  """A random model (MLM unless ``cls``) in eval mode; biases and norms perturbed from 0/1."""
   torch.manual_seed(seed)
   if model_type == "roberta":
     config = transformers.RobertaConfig(**{**SIZES, "type_vocab_size": 1, **overrides})
-    model = transformers.RobertaForMaskedLM(config)
+    model = (cls or transformers.RobertaForMaskedLM)(config)
   else:
-    model = transformers.BertForMaskedLM(transformers.BertConfig(**{**SIZES, **overrides}))
+    model = (cls or transformers.BertForMaskedLM)(transformers.BertConfig(**{**SIZES, **overrides}))
   with torch.no_grad():
     for name, param in model.named_parameters():
       if name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name:
@@ -170,12 +173,99 @@ def test_pretraining_extras_and_old_names_are_accepted():
   state = state_of(hf)
   config = hf_bert.bert_config_from_hf(hf.config.to_dict())
   expected = hf_bert.params_from_hf(state, config)
-  state["bert.pooler.dense.weight"] = np.zeros((32, 32), np.float32)
+  assert set(expected) == {"encoder", "mlm_head"}  # BertForMaskedLM has no pooler
+  pooler = np.random.RandomState(0).randn(32, 32).astype(np.float32)
+  state["bert.pooler.dense.weight"] = pooler
+  state["bert.pooler.dense.bias"] = np.ones((32,), np.float32)
   state["cls.seq_relationship.bias"] = np.zeros((2,), np.float32)
   state["bert.embeddings.LayerNorm.gamma"] = state.pop("bert.embeddings.LayerNorm.weight")
   got = hf_bert.params_from_hf(state, config)
+  # The pooler is kept (for fine-tuning); next-sentence weights are dropped.
+  assert set(got) == {"encoder", "mlm_head", "pooler"}
+  np.testing.assert_array_equal(got["pooler"]["kernel"], pooler.T)
+  np.testing.assert_array_equal(got["pooler"]["bias"], np.ones(32))
   for path, value in common.flatten(expected).items():
     assert np.array_equal(common.flatten(got)[path], value), path
+  with pytest.raises(ValueError, match=r"'bert\.pooler\.dense\.bias'.*missing"):
+    hf_bert.params_from_hf({k: v for k, v in state.items() if k != "bert.pooler.dense.bias"},
+                           config)
+
+
+def _pooled_and_logits(config, params, num_classes, ids, types):
+  """lmlab ``pooling="cls"``: the pooled output ``tanh(pooler(h_0))`` and the logits."""
+  model = EncoderForSequenceClassification(config, num_classes, pooling="cls")
+  logits, state = model.apply({"params": params}, ids, token_type_ids=types,
+                              capture_intermediates=True, mutable=["intermediates"])
+  pooled = np.tanh(np.asarray(state["intermediates"]["pooler"]["__call__"][0]))
+  return pooled, np.asarray(logits)
+
+
+def _hf_pooled_and_logits(hf, ids, types):
+  kwargs = dict(input_ids=torch.tensor(ids, dtype=torch.long),
+                attention_mask=torch.tensor(ids != hf.config.pad_token_id, dtype=torch.long),
+                token_type_ids=torch.tensor(types, dtype=torch.long))
+  with torch.no_grad():
+    pooled = hf.bert(**kwargs).pooler_output.numpy()
+    logits = hf(**kwargs).logits.numpy() if hasattr(hf, "classifier") else None
+  return pooled, logits
+
+
+def test_sequence_classifier_imports_pooler_and_classifier(tmp_path):
+  """A saved BertForSequenceClassification: lmlab's pooled [CLS] and logits equal Hugging Face's."""
+  hf = make_hf("bert", cls=transformers.BertForSequenceClassification, num_labels=3)
+  hf.save_pretrained(tmp_path / "hf")
+  config, params = hf_bert.load_hf_bert(tmp_path / "hf")
+  assert set(params) == {"encoder", "pooler", "classifier"}
+  assert params["classifier"]["kernel"].shape == (32, 3)
+  ids, types, _ = inputs(config, 24)
+  pooled, logits = _pooled_and_logits(config, params, 3, ids, types)
+  hf_pooled, hf_logits_ = _hf_pooled_and_logits(hf, ids, types)
+  assert np.abs(pooled - hf_pooled).max() <= TOLERANCE
+  assert np.abs(logits - hf_logits_).max() <= TOLERANCE
+  # Round trip: the pooler and classifier are written back unchanged.
+  hf_bert.save_hf_bert(tmp_path / "out", config, params)
+  assert common.read_hf_config(tmp_path / "out")["architectures"] == [
+      "BertForSequenceClassification"]
+  reloaded = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "out")
+  assert type(reloaded) is transformers.BertForSequenceClassification
+  original, again = state_of(hf), state_of(reloaded.eval())
+  assert sorted(again) == sorted(original)
+  for name, tensor in original.items():
+    assert np.array_equal(again[name], tensor), name
+  np.testing.assert_array_equal(_hf_pooled_and_logits(reloaded, ids, types)[1], hf_logits_)
+  # The fine-tuning wrapper with pooling="cls" computes the same logits from these parameters.
+  spec = types_module.SimpleNamespace(kind="classification", num_classes=3)
+  wrapper = ClassificationModel(config, spec, pooling="cls")
+  batch = {"input_ids": ids, "token_type_ids": types, "segment_ids": (ids != 0).astype(np.int32),
+           "positions": np.broadcast_to(np.arange(ids.shape[1], dtype=np.int32), ids.shape)}
+  assert np.abs(np.asarray(wrapper.apply(params, batch)) - hf_logits_).max() <= TOLERANCE
+
+
+def test_pretraining_checkpoint_pooler_starts_the_fine_tune(tmp_path):
+  """BertForPreTraining (encoder, pooler, MLM, NSP): the pooler survives import and export."""
+  hf = make_hf("bert", cls=transformers.BertForPreTraining)
+  state = state_of(hf)
+  config = hf_bert.bert_config_from_hf(hf.config.to_dict())
+  params = hf_bert.params_from_hf(state, config)
+  assert set(params) == {"encoder", "mlm_head", "pooler"}
+  # A fine-tune grafts encoder and pooler onto a fresh head: its pooled output is BERT's.
+  fresh = nn.meta.unbox(EncoderForSequenceClassification(config, 2, pooling="cls").init(
+      jax.random.PRNGKey(0), np.ones((1, 4), np.int32)))["params"]
+  grafted = dict(fresh, encoder=params["encoder"], pooler=params["pooler"])
+  ids, types, _ = inputs(config, 24)
+  pooled, _ = _pooled_and_logits(config, grafted, 2, ids, types)
+  assert np.abs(pooled - _hf_pooled_and_logits(hf, ids, types)[0]).max() <= TOLERANCE
+  # Export keeps the pooler (the next-sentence head was dropped at import).
+  exported = hf_bert.params_to_hf(params, config)
+  kept = {k: v for k, v in state.items() if not k.startswith("cls.seq_relationship.")}
+  assert sorted(exported) == sorted(kept)
+  for name, tensor in kept.items():
+    assert np.array_equal(exported[name], tensor), name
+  hf_bert.save_hf_bert(tmp_path, config, params)
+  reloaded = transformers.BertForPreTraining.from_pretrained(tmp_path).eval()
+  np.testing.assert_array_equal(reloaded.bert.pooler.dense.weight.detach().numpy(),
+                                state["bert.pooler.dense.weight"])
+  assert hf_bert.load_hf_bert(tmp_path)[1].keys() == params.keys()
 
 
 def test_wrong_architecture_names_first_tensor():

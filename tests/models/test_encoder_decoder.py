@@ -96,34 +96,71 @@ def test_mrt5_with_gate_forced_open_equals_byt5_exactly():
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
-def test_mrt5_hard_deletion_matches_soft_deletion():
+@pytest.mark.parametrize("key_bias", ["zero", "gate"])
+def test_mrt5_hard_deletion_matches_soft_deletion(key_bias):
+  """Hard deletion equals soft deletion with the gate its key bias stands for.
+
+  ``zero`` (the reference) masks kept keys with 0, i.e. soft deletion with a
+  binary gate (0 kept, ``k`` deleted); ``gate`` keeps their gate values, i.e.
+  soft deletion with the gate itself.
+  """
   params = nn.meta.unbox(_init(MRT5, seed=1))
   model = EncoderDecoder(MRT5)
   rng = np.random.RandomState(1)
   enc, dec = _batch(rng)
   seg = (enc != 0).astype(np.int32)
+  k = MRT5.delete_gate_scale
   # Delete about half the tokens: gate k where deleted, small negative values where kept.
   deleted = rng.rand(*enc.shape) < 0.5
   deleted[:, 0] = False
-  gate = np.where(deleted, MRT5.delete_gate_scale, -rng.rand(*enc.shape)).astype(np.float32)
-  gate = np.where(seg > 0, gate, MRT5.delete_gate_scale)
-  soft_encoded, _ = _apply(model, {"params": params}, enc, method="encode", gate_override=gate)
-  soft_logits = _apply(model, {"params": params}, soft_encoded, seg, dec, gate=gate, method="decode")
+  gate = np.where(deleted, k, -rng.rand(*enc.shape)).astype(np.float32)
+  gate = np.where(seg > 0, gate, k)
+  soft_gate = gate if key_bias == "gate" else np.where(deleted | (seg == 0), k, 0.0)
+  soft_gate = soft_gate.astype(np.float32)
+  soft_encoded, _ = _apply(model, {"params": params}, enc, method="encode",
+                           gate_override=soft_gate)
+  soft_logits = _apply(model, {"params": params}, soft_encoded, seg, dec, gate=soft_gate,
+                       method="decode")
   hidden, _ = _apply(model, {"params": params}, enc, method="encode_lower", gate_override=gate)
   kept = keep_tokens(np.asarray(hidden), seg, np.arange(enc.shape[1])[None], gate,
-                     threshold=MRT5.delete_threshold, pad_gate=MRT5.delete_gate_scale)
+                     threshold=MRT5.delete_threshold, pad_gate=k, key_bias=key_bias)
   assert kept.hidden.shape[1] < enc.shape[1]
   assert 0.3 < kept.kept_fraction < 0.7
+  real = kept.segment_ids > 0
+  np.testing.assert_array_equal(kept.key_bias[~real], k)
+  if key_bias == "zero":
+    np.testing.assert_array_equal(kept.key_bias[real], 0.0)  # exactly 0, as in the reference
+  else:
+    np.testing.assert_array_equal(kept.key_bias, kept.gate)
+  assert (kept.gate[real] < 0).all()  # the gate values themselves are still reported
   hard_encoded = _apply(model, {"params": params}, kept.hidden, kept.segment_ids, kept.positions,
-                             kept.gate, method="encode_upper")
-  hard_logits = _apply(model, {"params": params}, hard_encoded, kept.segment_ids, dec, gate=kept.gate,
-                            method="decode")
+                        kept.key_bias, method="encode_upper")
+  hard_logits = _apply(model, {"params": params}, hard_encoded, kept.segment_ids, dec,
+                       gate=kept.key_bias, method="decode")
   np.testing.assert_allclose(np.asarray(hard_logits), np.asarray(soft_logits), atol=1e-4)
   # The kept tokens' encodings agree with their soft-deletion counterparts.
   row = 0
   order = np.flatnonzero(~deleted[row] & (seg[row] > 0))
   np.testing.assert_allclose(np.asarray(hard_encoded)[row, :order.size],
                              np.asarray(soft_encoded)[row, order], atol=1e-4)
+  with pytest.raises(ValueError, match="key_bias"):
+    keep_tokens(np.asarray(hidden), seg, np.arange(enc.shape[1])[None], gate,
+                threshold=MRT5.delete_threshold, pad_gate=k, key_bias="soft")
+
+
+def test_mrt5_gate_init_is_the_references():
+  """The gate's Linear(H, 1): bias 1, weights Xavier-uniform in +-sqrt(6 / (H + 1))."""
+  cfg = dataclasses.replace(MRT5, d_model=512)
+  gate = nn.meta.unbox(_init(cfg))["encoder"]["delete_gate"]
+  np.testing.assert_array_equal(np.asarray(gate["proj_bias"]), [1.0])
+  kernel = np.asarray(gate["proj"]["kernel"])
+  assert kernel.shape == (512, 1)
+  bound = np.sqrt(6.0 / (512 + 1))
+  assert np.abs(kernel).max() <= bound
+  # A uniform draw fills the interval: its largest of 512 values is near the bound, and its
+  # standard deviation is bound / sqrt(3) (a truncated normal of std H**-0.5 gives neither).
+  assert np.abs(kernel).max() > 0.95 * bound
+  np.testing.assert_allclose(kernel.std(), bound / np.sqrt(3.0), rtol=0.08)
 
 
 def test_hard_deletion_refuses_to_empty_a_row():

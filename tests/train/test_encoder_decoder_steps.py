@@ -93,17 +93,73 @@ def test_mrt5_pi_controller_raises_alpha_below_target_and_lowers_it_above():
     EncoderDecoderModel(CONFIG, deletion=DeletionRegularizer())
 
 
-def test_mrt5_deletion_rate_moves_to_the_target():
-  """From (almost) nothing deleted, the controller brings the rate to the target and holds it."""
+def test_mrt5_pi_controller_follows_the_reference_formula():
+  """Kallini et al.'s controller: smoothed P term, I term, alpha = max(0, P + I)."""
+  mrt5 = dataclasses.replace(CONFIG, delete_gate_layer=1)
+  reg = DeletionRegularizer(alpha=0.3, target_rate=0.4)
+  assert (reg.kp, reg.ki, reg.p_smoothing, reg.min_alpha, reg.max_alpha) == (0.5, 1e-5, 0.9, 0.0,
+                                                                            None)
+  model = EncoderDecoderModel(mrt5, deletion=reg)
+  state = model.initial_model_state()
+  assert float(state["deletion_alpha"]) == pytest.approx(0.3)  # the first step's weight
+  p_acc = i_acc = 0.0
+  alphas = []
+  # Below, above (alpha clamps to 0 while P + I < 0), then below the target again.
+  for rate in (0.1, 0.2, 0.5, 0.9, 0.9, 0.3, 0.0, 0.0, 0.0):
+    state = model.update_model_state(state, {"deleted_sum": rate * 200.0,
+                                             "encoder_token_sum": 200.0})
+    error = 0.4 - rate
+    p_acc = 0.9 * p_acc + 0.1 * 0.5 * error
+    i_acc = i_acc + 1e-5 * error
+    alphas.append(max(0.0, p_acc + i_acc))
+    assert float(state["deletion_p_acc"]) == pytest.approx(p_acc, rel=1e-5, abs=1e-8)
+    assert float(state["deletion_i_acc"]) == pytest.approx(i_acc, rel=1e-5, abs=1e-10)
+    assert float(state["deletion_alpha"]) == pytest.approx(alphas[-1], rel=1e-5, abs=1e-8)
+  assert alphas[3] == alphas[6] == 0.0 and alphas[0] > 0 and alphas[-1] > 0
+
+
+def test_mrt5_earlier_signed_controller_is_an_option():
+  """p_smoothing=0 and a [-1, 1] clip give the earlier clip(kp * e + ki * sum(e), -1, 1)."""
+  mrt5 = dataclasses.replace(CONFIG, delete_gate_layer=1)
+  reg = DeletionRegularizer(alpha=0.0, target_rate=0.5, kp=0.05, ki=0.005, p_smoothing=0.0,
+                            min_alpha=-1.0, max_alpha=1.0)
+  model = EncoderDecoderModel(mrt5, deletion=reg)
+  state, errors = model.initial_model_state(), []
+  for rate in (0.1, 0.9, 0.95, 0.7):
+    state = model.update_model_state(state, {"deleted_sum": rate * 100.0,
+                                             "encoder_token_sum": 100.0})
+    errors.append(0.5 - rate)
+    want = np.clip(0.05 * errors[-1] + 0.005 * sum(errors), -1.0, 1.0)
+    assert float(state["deletion_alpha"]) == pytest.approx(want, rel=1e-5, abs=1e-8)
+  assert float(state["deletion_alpha"]) < 0  # signed: it rewards keeping after an overshoot
+
+
+@pytest.mark.parametrize("controller", ["reference", "signed"])
+def test_mrt5_deletion_rate_moves_to_the_target(controller):
+  """From (almost) nothing deleted, the controller raises the deletion rate to the target.
+
+  The signed option (plain P term, ``alpha`` in [-1, 1]) then holds it there.
+  The reference's ``alpha >= 0`` cannot undo an overshoot: on this toy task
+  its rate runs past the target (to about 0.9) with ``alpha`` at 0, and the
+  cross-entropy alone does not bring saturated gates back.
+  """
+  signed = controller == "signed"
+  options = dict(p_smoothing=0.0, min_alpha=-1.0, max_alpha=1.0) if signed else {}
   mrt5 = dataclasses.replace(CONFIG, delete_gate_layer=1, delete_gate_bias_init=2.0)
   model = EncoderDecoderModel(mrt5, deletion=DeletionRegularizer(alpha=0.0, target_rate=0.5,
-                                                                 kp=0.5, ki=0.02))
+                                                                 kp=0.5, ki=0.02, **options))
   state, step = _setup(model, lr=3e-3)
   batch = {k: np.concatenate([_batch(i)[k] for i in range(4)]) for k in _batch(0)}
-  rates = []
-  for _ in range(150):
+  rates, alphas = [], []
+  for _ in range(150 if signed else 30):
     state, metrics = step(state, batch)
     rates.append(float(metrics["deleted_sum"] / metrics["encoder_token_sum"]))
+    alphas.append(float(state.model_state["deletion_alpha"]))
   assert rates[0] < 0.1
-  assert abs(np.mean(rates[-30:]) - 0.5) < 0.08, rates[::10]
-  assert np.std(rates[-30:]) < 0.1, rates[-30:]
+  assert max(rates[:30]) >= 0.5, rates[:30]
+  if signed:
+    assert min(alphas) < 0  # it did reward keeping, after the overshoot
+    assert abs(np.mean(rates[-30:]) - 0.5) < 0.08, rates[::10]
+    assert np.std(rates[-30:]) < 0.1, rates[-30:]
+  else:
+    assert min(alphas) >= 0.0
