@@ -130,7 +130,7 @@ def main(argv: Optional[Sequence[str]] = None) -> object:
     from lmlab import runs  # pylint: disable=g-import-not-at-top
     result = runs.run()
   except (ValueError, FileNotFoundError, PermissionError, KeyError, RuntimeError, IOError) as e:
-    from lmlab.training.trainer import PreemptedError  # pylint: disable=g-import-not-at-top
+    from lmlab.training.preemption import PreemptedError  # pylint: disable=g-import-not-at-top
     if isinstance(e, PreemptedError):  # a checkpoint was saved: not an error of the run
       print(f"lmlab: {e}", file=sys.stderr)
       raise SystemExit(PREEMPTED_EXIT_CODE) from None

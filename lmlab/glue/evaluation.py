@@ -30,8 +30,7 @@ def predict_split(predict: Predict, params, data: TaskData, split: str, batch_si
   """Raw per-row predictions of a split, and the rows' meta features."""
   log = finetune_data.TruncationLog(f"{data.spec.name}/{split}")
   outputs, metas = [], []
-  for batch, meta in data.batches(split, batch_size, log, shuffle=False, seed=0, repeat=False,
-                                  limit=limit):
+  for batch, meta in data.eval_batches(split, batch_size, limit, log):
     raw = predict(params, local_rows(batch))[:len(meta)]
     if data.text_to_text:
       raw = [data.vocabulary.decode([int(t) for t in row if t > 0]) for row in raw]

@@ -33,6 +33,10 @@ def local_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return {k: v[index * share:(index + 1) * share] for k, v in batch.items()}
 
 
+# Evaluation splits up to this many batch values are built once and kept in memory.
+HELD_EVAL_TOKENS = 32_000_000
+
+
 @dataclasses.dataclass
 class TaskData:
   """The seqio task of one spec in one format, and how to turn its examples into batches.
@@ -47,6 +51,7 @@ class TaskData:
   vocabulary: Any
   config: FinetuneConfig
   single_sequence: bool = False  # EncT5: the text-to-text prompt as one encoder row
+  _held: dict = dataclasses.field(default_factory=dict, repr=False)
 
   @property
   def eos_id(self) -> int:
@@ -83,6 +88,30 @@ class TaskData:
     label_dtype = np.float32 if self.spec.kind == "regression" else np.int32
     return finetune_data.batches(self.examples(split, **kwargs), make, batch_size, consumed,
                                  label_dtype=label_dtype)
+
+  def eval_batches(self, split: str, batch_size: int, limit: Optional[int],
+                   log: finetune_data.TruncationLog) -> list:
+    """``(batch, meta)`` pairs of an evaluation split, in order.
+
+    Built once and kept for the task's later validations (every epoch, every
+    seed) when the split is small (``HELD_EVAL_TOKENS``); a larger split is
+    streamed again each time.
+    """
+    key = (split, batch_size, limit)
+    if key in self._held:
+      return self._held[key]
+    pairs, tokens = [], 0
+    for batch, meta in self.batches(split, batch_size, log, shuffle=False, seed=0, repeat=False,
+                                    limit=limit):
+      pairs.append((batch, meta))
+      tokens += sum(np.size(v) for v in batch.values())
+      if tokens > HELD_EVAL_TOKENS:  # too big to hold: stream it each time
+        return self._stream_eval(split, batch_size, limit, log)
+    self._held[key] = pairs
+    return pairs
+
+  def _stream_eval(self, split, batch_size, limit, log):
+    return self.batches(split, batch_size, log, shuffle=False, seed=0, repeat=False, limit=limit)
 
   def train_batches(self, batch_size: int, seed: int,
                     log: finetune_data.TruncationLog) -> "callable":

@@ -17,14 +17,11 @@ the batches an uninterrupted one would).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import logging
 import math
 import os
-import signal
-import threading
 import time
 from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
@@ -37,6 +34,7 @@ import optax
 import tqdm
 
 from lmlab.training import checkpointing
+from lmlab.training.preemption import PreemptedError, StopSignal
 from lmlab.training.metric_logging import MetricLogger
 from lmlab.wrappers.base import metrics_from_sums
 from lmlab.training.optimizers import OptimizerConfig, make_optimizer, make_schedule
@@ -49,16 +47,6 @@ Batch = Mapping[str, np.ndarray]
 
 class NonFiniteLossError(RuntimeError):
   """Training produced a NaN or infinite loss."""
-
-
-class PreemptedError(RuntimeError):
-  """The run was asked to stop (SIGTERM) and saved a checkpoint to resume from."""
-
-  def __init__(self, step: int, directory: str):
-    super().__init__(
-        f"preempted (SIGTERM): stopped after step {step} and saved a checkpoint in {directory}. "
-        "Run the same command again to resume from it.")
-    self.step = step
 
 
 @flax.struct.dataclass
@@ -161,43 +149,6 @@ def make_train_step(model, optimizer: optax.GradientTransformation, schedule: op
 
 def make_eval_step(model) -> Callable[[Any, Batch], dict]:
   return lambda params, batch: model.loss_sums(params, batch)
-
-
-class _StopSignal:
-  """Turns SIGTERM (TPU/SLURM preemption, ``docker stop``) into a flag the loop polls.
-
-  Installed only in the main thread and only while ``Trainer.train`` runs;
-  the previous handler is restored afterwards.
-  """
-
-  def __init__(self):
-    self.requested = False
-
-  @contextlib.contextmanager
-  def installed(self):
-    if threading.current_thread() is not threading.main_thread():
-      yield self
-      return
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def handler(signum, frame):
-      del signum, frame
-      if not self.requested:
-        logger.warning("SIGTERM received: finishing this step, then saving a checkpoint.")
-      self.requested = True
-
-    signal.signal(signal.SIGTERM, handler)
-    try:
-      yield self
-    finally:
-      signal.signal(signal.SIGTERM, previous)
-
-  def agreed(self) -> bool:
-    """Whether any process was asked to stop (a collective with several processes)."""
-    if jax.process_count() == 1:
-      return self.requested
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    return bool(np.any(multihost_utils.process_allgather(np.asarray(self.requested))))
 
 
 def _all_processes_have_batch(has_batch: bool) -> bool:
@@ -488,7 +439,7 @@ class Trainer:
 
     end_step = min(cfg.train_steps, cfg.stop_after_step or cfg.train_steps)
     batches = train_batches(start_step) if callable(train_batches) else train_batches
-    stop = _StopSignal()
+    stop = StopSignal()
     try:
       with stop.installed():
         for step in range(start_step, end_step):

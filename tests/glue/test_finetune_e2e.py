@@ -34,7 +34,8 @@ from lmlab.glue.task_data import TaskData
 from lmlab.training import checkpointing
 from lmlab.training.config import TrainConfig
 from lmlab.training.partitioning import MeshConfig, Partitioner
-from lmlab.training.trainer import NonFiniteLossError, PreemptedError
+from lmlab.training.preemption import PreemptedError
+from lmlab.training.trainer import NonFiniteLossError
 from lmlab.training.optimizers import OptimizerConfig
 
 MOCK_EXAMPLES = 6

@@ -126,13 +126,16 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_run
   assert steps[-1] == bad_step - 1
 
 
-def test_eval_and_infer_modes_use_the_checkpoint(tmp_path, tiny_run):
+def test_eval_and_infer_modes_use_the_checkpoint(tmp_path, tiny_run, tiny_run_in_process):
   assert_ok(tiny_run(tmp_path, "--gin.TRAIN_STEPS=2", EVAL_SPLIT))
   assert any("eval/loss" in l for l in (tmp_path / "metrics.jsonl").read_text().splitlines())
-  assert_ok(tiny_run(tmp_path, EVAL_SPLIT, run_mode="eval"))
+  # Evaluation and inference read that checkpoint; run in this process (no second start-up).
+  code, stderr = tiny_run_in_process(tmp_path, EVAL_SPLIT, run_mode="eval")
+  assert code == 0, stderr[-3000:]
   result = json.loads((tmp_path / "eval_results.json").read_text())
   assert result["step"] == 2 and np.isfinite(result["loss"])
-  assert_ok(tiny_run(tmp_path, run_mode="infer"))
+  code, stderr = tiny_run_in_process(tmp_path, run_mode="infer")
+  assert code == 0, stderr[-3000:]
   rows = [json.loads(l) for l in (tmp_path / "inference" / "fill_mask.jsonl").read_text().splitlines()]
   assert rows and "<mask>" not in rows[0]["filled"] and len(rows[0]["candidates"]) == 1
 
