@@ -32,7 +32,7 @@ ENCODER_VARIANTS = {
 }
 T5 = T5Config(vocab_size=64, d_model=32, num_heads=2, head_dim=16, d_ff=64,
               num_encoder_layers=2, num_decoder_layers=2)
-MRT5 = dataclasses.replace(T5, delete_gate_layer=1, delete_gate_bias_init=-0.5)
+MRT5 = dataclasses.replace(T5, delete_gate_layer=1, delete_gate_bias_init=-0.5, num_decoder_layers=1)
 
 
 def _loss_and_grads(wrapper, params, batch):

@@ -370,6 +370,7 @@ TINY_BITNET_RUN = (
 )
 
 
+@pytest.mark.slow  # a 500-step CLI recipe run; BitLinear, packing and serving are unit-tested above
 def test_bitnet_quickstart_trains_and_its_packed_export_predicts_the_same(tmp_path, cli_run):
   proc = cli_run("--gin_file=runs/bitnet_quickstart.gin", f"--gin.MODEL_DIR='{tmp_path}'",
                  *TINY_BITNET_RUN)

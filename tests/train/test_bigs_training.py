@@ -145,6 +145,7 @@ def _metrics(model_dir: pathlib.Path) -> list[dict]:
   return [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # a CLI recipe run; BiGS training steps are tested in-process above
 def test_bigs_quickstart_validation_loss_falls(tmp_path, cli_run):
   assert_ok(cli_run("--gin_file=runs/bigs_quickstart.gin", f"--gin.MODEL_DIR='{tmp_path}'",
                      *TINY_BIGS, "--gin.TRAIN_STEPS=60"))
