@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from testlib import free_port
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 LAUNCHER = """
@@ -31,12 +31,6 @@ tasks.check_prepared = lambda name, data_dir: None  # mocked data is never prepa
 with tfds.testing.mock_data(num_examples=6):
   main.main(sys.argv[1:])
 """
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
 
 
 def _flags(model_dir) -> list[str]:
@@ -81,7 +75,7 @@ def _run_dir(model_dir: pathlib.Path) -> pathlib.Path:
 
 @pytest.mark.slow  # three fine-tuning processes on 2 cores
 def test_two_process_finetune_matches_one_process(tmp_path):
-  port = _free_port()
+  port = free_port()
   two = _finish([_start(_flags(tmp_path / "two") + ["--gin_file=partitioning/fsdp.gin",
                                                     "--gin.MeshConfig.dcn_shape=(2, 1, 1)"],
                         2, (i, port)) for i in range(2)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 
 import numpy as np
@@ -10,6 +11,13 @@ import numpy as np
 def assert_ok(proc: subprocess.CompletedProcess) -> None:
   """A CLI run exited 0; otherwise fail showing the tail of its output."""
   assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
+
+
+def free_port() -> int:
+  """A TCP port on localhost that nothing listens on (for a jax.distributed coordinator)."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
 
 
 def mlm_batch(seed: int, rows: int = 8, length: int = 16, *, staircase_padding: bool = False,

@@ -14,13 +14,13 @@ import dataclasses
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
+from testlib import free_port
 
 from lmlab import main as cli
 from lmlab import runs
@@ -31,12 +31,6 @@ from lmlab.training.trainer import Trainer
 
 STEPS = 3
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
 
 
 def _flags(model_dir, tiny_bindings) -> list[str]:
@@ -81,7 +75,7 @@ def _reference(flags: list[str], reference_dir):
 def test_two_processes_train_together_like_one(tmp_path, tiny_run_bindings):
   model_dir = tmp_path / "two_processes"
   flags = _flags(model_dir, tiny_run_bindings)
-  port = _free_port()
+  port = free_port()
   procs = [_start(i, port, flags) for i in range(2)]
   try:
     outputs = [p.communicate(timeout=300)[0] for p in procs]
