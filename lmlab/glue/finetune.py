@@ -39,8 +39,7 @@ from typing import Any, Optional
 
 import jax
 
-from lmlab.glue import evaluation, leaderboard
-from lmlab.glue import metrics as glue_metrics
+from lmlab.glue import evaluation, leaderboard, seeds
 from lmlab.glue import rows as finetune_data
 from lmlab.glue import spec as glue_spec
 from lmlab.glue.config import FinetuneConfig, for_task
@@ -271,7 +270,7 @@ def write_summary(model_dir: str, results: dict[str, list[dict]]) -> dict:
       scores = ", ".join(f"{k} {v:.2f}" for k, v in r["validation"].items())
       lines.append(f"| {name} | {r['seed']} | {r['best_step']} | {scores} |")
   lines += ["", "## Mean over seeds (95% bootstrap interval)", ""]
-  lines += glue_metrics.seed_table(per_task)
+  lines += seeds.seed_table(per_task)
   text = "\n".join(lines) + "\n"
   summary = {"tasks": results, "table": text}
   if jax.process_index() == 0:

@@ -14,6 +14,7 @@ import pytest
 from sklearn import metrics as sk_metrics
 
 from lmlab.glue import metrics as gm
+from lmlab.glue import seeds
 from lmlab.glue.spec import TASKS
 
 pytestmark = pytest.mark.filterwarnings("error")
@@ -368,25 +369,25 @@ def test_seqio_metric_fn_for_multirc_reads_question_ids_from_targets():
 def test_bootstrap_ci_of_two_seeds_by_hand():
   # resampling 2 values gives means 0 (p 1/4), 50 (p 1/2), 100 (p 1/4);
   # the 2.5% and 97.5% quantiles are 0 and 100, the 30% and 70% ones both 50
-  assert gm.bootstrap_ci([0.0, 100.0]) == (50.0, 0.0, 100.0)
-  assert gm.bootstrap_ci([0.0, 100.0], confidence=0.4) == (50.0, 50.0, 50.0)
+  assert seeds.bootstrap_ci([0.0, 100.0]) == (50.0, 0.0, 100.0)
+  assert seeds.bootstrap_ci([0.0, 100.0], confidence=0.4) == (50.0, 50.0, 50.0)
 
 
 def test_bootstrap_ci_is_reproducible_and_narrows_with_agreement():
-  mean, low, high = gm.bootstrap_ci([80.0, 82.0, 84.0, 86.0])
+  mean, low, high = seeds.bootstrap_ci([80.0, 82.0, 84.0, 86.0])
   assert mean == pytest.approx(83.0)  # (80 + 82 + 84 + 86) / 4
   assert 80.0 <= low < mean < high <= 86.0
-  assert gm.bootstrap_ci([80.0, 82.0, 84.0, 86.0]) == (mean, low, high)
-  assert gm.bootstrap_ci([80.0, 82.0, 84.0, 86.0], seed=0) == (mean, low, high)
-  _, tight_low, tight_high = gm.bootstrap_ci([82.9, 83.0, 83.1, 83.0])
+  assert seeds.bootstrap_ci([80.0, 82.0, 84.0, 86.0]) == (mean, low, high)
+  assert seeds.bootstrap_ci([80.0, 82.0, 84.0, 86.0], seed=0) == (mean, low, high)
+  _, tight_low, tight_high = seeds.bootstrap_ci([82.9, 83.0, 83.1, 83.0])
   assert tight_high - tight_low < (high - low) / 10
-  assert gm.bootstrap_ci([71.5]) == (71.5, 71.5, 71.5)
+  assert seeds.bootstrap_ci([71.5]) == (71.5, 71.5, 71.5)
   with pytest.raises(ValueError, match="non-empty"):
-    gm.bootstrap_ci([])
+    seeds.bootstrap_ci([])
 
 
 def test_seed_table_rows():
-  lines = gm.seed_table({"glue_rte": [{"accuracy": 60.0, "main": 60.0},
+  lines = seeds.seed_table({"glue_rte": [{"accuracy": 60.0, "main": 60.0},
                                       {"accuracy": 70.0, "main": 70.0}],
                          "glue_mrpc": [{"f1": 90.0, "accuracy": 85.0, "average": 87.5}]})
   assert lines[0] == "| task | metric | n seeds | mean | 95% CI low | 95% CI high |"
