@@ -90,7 +90,7 @@ class TaskData:
                                  label_dtype=label_dtype)
 
   def eval_batches(self, split: str, batch_size: int, limit: Optional[int],
-                   log: finetune_data.TruncationLog) -> list:
+                   log: finetune_data.TruncationLog):
     """``(batch, meta)`` pairs of an evaluation split, in order.
 
     Built once and kept for the task's later validations (every epoch, every
@@ -100,18 +100,15 @@ class TaskData:
     key = (split, batch_size, limit)
     if key in self._held:
       return self._held[key]
+    stream = self.batches(split, batch_size, log, shuffle=False, seed=0, repeat=False, limit=limit)
     pairs, tokens = [], 0
-    for batch, meta in self.batches(split, batch_size, log, shuffle=False, seed=0, repeat=False,
-                                    limit=limit):
+    for batch, meta in stream:
       pairs.append((batch, meta))
       tokens += sum(np.size(v) for v in batch.values())
-      if tokens > HELD_EVAL_TOKENS:  # too big to hold: stream it each time
-        return self._stream_eval(split, batch_size, limit, log)
+      if tokens > HELD_EVAL_TOKENS:  # too big to hold: hand on what was built, then stream
+        return itertools.chain(pairs, stream)
     self._held[key] = pairs
     return pairs
-
-  def _stream_eval(self, split, batch_size, limit, log):
-    return self.batches(split, batch_size, log, shuffle=False, seed=0, repeat=False, limit=limit)
 
   def train_batches(self, batch_size: int, seed: int,
                     log: finetune_data.TruncationLog) -> "callable":

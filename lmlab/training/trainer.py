@@ -286,14 +286,13 @@ class Trainer:
     self.state_shardings = state_shardings(p, self.model, self.optimizer, p.data_parallel_size,
                                            sequence_length)
     # Batches arrive already placed (Partitioner.shard_batch shards every
-    # feature's leading axis, whatever its rank), so their shardings are left as given.
-    batch_sharding = None
+    # feature's leading axis, whatever its rank): their shardings (None) are left as given.
     train_step = p.jit(make_train_step(self.model, self.optimizer, self.schedule,
                                        cfg.grad_accum_steps),
-                       in_shardings=(self.state_shardings, batch_sharding),
+                       in_shardings=(self.state_shardings, None),
                        out_shardings=(self.state_shardings, p.replicated()), donate_argnums=(0,))
     eval_step = p.jit(make_eval_step(self.model),
-                      in_shardings=(self.state_shardings.params, batch_sharding),
+                      in_shardings=(self.state_shardings.params, None),
                       out_shardings=p.replicated())
     self.train_step = lambda state, batch: train_step(state, p.shard_batch(batch))
     self.eval_step = lambda params, batch: eval_step(params, p.shard_batch(batch))
@@ -457,9 +456,8 @@ class Trainer:
             run_validation(done, state.params)
           if done % cfg.checkpoint_every == 0 or done == end_step:
             save(done)
-          # Every process polls at the same steps, so they agree on stopping.
-          if done != end_step and (stop.requested if jax.process_count() == 1 else
-                                   at_log and stop.agreed()):
+          # One process polls every step; several agree (a collective) at logging steps.
+          if done != end_step and (at_log or jax.process_count() == 1) and stop.agreed():
             if last_saved != done:
               save(done)
             self.checkpointer.wait()

@@ -12,16 +12,13 @@ files, and the leaderboard file holds every test example once.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
-import sys
 
 import numpy as np
 import pytest
-from testlib import free_port
+from testlib import free_port, start_cli_process
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 LAUNCHER = """
 import sys
 import tensorflow_datasets as tfds
@@ -47,15 +44,9 @@ def _flags(model_dir) -> list[str]:
 
 
 def _start(flags: list[str], devices: int, process: tuple[int, int] = None) -> subprocess.Popen:
-  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  extra = []
-  if process is not None:
-    process_id, port = process
-    extra = [f"--coordinator_address=localhost:{port}", "--num_processes=2",
-             f"--process_id={process_id}"]
-  return subprocess.Popen([sys.executable, "-c", LAUNCHER, *flags, *extra], cwd=REPO_ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  process_id, port = process if process is not None else (None, None)
+  return start_cli_process(flags, devices=devices, process_id=process_id, port=port,
+                           entry=("-c", LAUNCHER))
 
 
 def _finish(procs: list[subprocess.Popen]) -> list[str]:

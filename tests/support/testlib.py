@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import pathlib
 import socket
 import subprocess
+import sys
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -11,6 +15,27 @@ import numpy as np
 def assert_ok(proc: subprocess.CompletedProcess) -> None:
   """A CLI run exited 0; otherwise fail showing the tail of its output."""
   assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
+
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def start_cli_process(flags: Sequence[str], *, devices: int, process_id: Optional[int] = None,
+                      port: Optional[int] = None,
+                      entry: Sequence[str] = ("-m", "lmlab.main")) -> subprocess.Popen:
+  """Starts the CLI (or ``entry``) on CPU with ``devices`` fake devices, output piped.
+
+  With ``process_id`` and ``port`` it joins a two-process ``jax.distributed`` job
+  coordinated on localhost.
+  """
+  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  extra = []
+  if process_id is not None:
+    extra = [f"--coordinator_address=localhost:{port}", "--num_processes=2",
+             f"--process_id={process_id}"]
+  return subprocess.Popen([sys.executable, *entry, *flags, *extra], cwd=REPO_ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def free_port() -> int:

@@ -15,12 +15,11 @@ import json
 import os
 import pathlib
 import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
-from testlib import free_port
+from testlib import free_port, start_cli_process
 
 from lmlab import main as cli
 from lmlab import runs
@@ -41,12 +40,7 @@ def _flags(model_dir, tiny_bindings) -> list[str]:
 
 
 def _start(process_id: int, port: int, flags: list[str]) -> subprocess.Popen:
-  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  return subprocess.Popen(
-      [sys.executable, "-m", "lmlab.main", *flags, f"--coordinator_address=localhost:{port}",
-       "--num_processes=2", f"--process_id={process_id}"],
-      cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  return start_cli_process(flags, devices=2, process_id=process_id, port=port)
 
 
 def _reference(flags: list[str], reference_dir):
