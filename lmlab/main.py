@@ -108,6 +108,8 @@ def setup_logging() -> None:
   for handler in logging.getLogger().handlers:
     handler.addFilter(_GinSearchNoise())
   logging.getLogger("absl").setLevel(logging.WARNING)  # orbax/seqio chatter
+  # "Unable to initialize backend 'tpu'" on every machine without one.
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> object:
@@ -124,6 +126,9 @@ def main(argv: Optional[Sequence[str]] = None) -> object:
       bindings.append(f"DataConfig.tfds_data_dir = {args.tfds_data_dir!r}")
       if args.run_mode == "finetune":
         bindings.append(f"FinetuneConfig.tfds_data_dir = {args.tfds_data_dir!r}")
+    # First: TensorFlow (tf.data, TensorBoard summaries) starts quietly and never sees
+    # the accelerators (importing lmlab.data hides them).
+    import lmlab.data  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
     from lmlab.training import multihost  # pylint: disable=g-import-not-at-top
     multihost.initialize(args.coordinator_address, args.num_processes, args.process_id)
     parse_gin(args.gin_file, bindings, search)

@@ -34,7 +34,6 @@ from typing import Any, Mapping, Optional
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-import tensorflow as tf
 from etils import epath
 
 logger = logging.getLogger(__name__)
@@ -48,11 +47,13 @@ class DataIteratorHandler(ocp.CheckpointHandler):
   """Saves and restores a tf.data iterator's position with ``tf.train.Checkpoint``."""
 
   def save(self, directory: epath.Path, args: "DataIteratorSave"):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (only runs with a tf.data input)
     directory.mkdir(parents=True, exist_ok=True)
     tf.train.Checkpoint(iterator=args.iterator).write(
         os.fspath(directory / f"process_{jax.process_index()}"))
 
   def restore(self, directory: epath.Path, args: "DataIteratorRestore"):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     prefix = os.fspath(directory / f"process_{jax.process_index()}")
     tf.train.Checkpoint(iterator=args.iterator).read(prefix).assert_consumed()
     return args.iterator

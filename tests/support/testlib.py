@@ -15,6 +15,8 @@ import numpy as np
 def assert_ok(proc: subprocess.CompletedProcess) -> None:
   """A CLI run exited 0; otherwise fail showing the tail of its output."""
   assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
+  # TensorFlow never probes CUDA from a CLI run (it is hidden from accelerators).
+  assert "cuInit" not in proc.stderr, proc.stderr[-3000:]
 
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
