@@ -71,6 +71,13 @@ class TrainConfig:
       while keeping the learning-rate schedule of ``train_steps``; a later run
       on the same MODEL_DIR continues. For time-limited jobs (SLURM, queued
       TPU slices). None: run to ``train_steps``.
+    compilation_cache_dir: JAX's persistent compilation cache: ``""`` uses
+      JAX's own setting if given, else ``MODEL_DIR/compilation_cache``; a path
+      uses that folder; None leaves it off (``training/compilation_cache.py``).
+    compilation_cache_min_compile_secs: Cache only compilations slower than this.
+    peak_tflops_per_device: Peak TFLOP/s of one device for ``train/mfu``;
+      None: looked up from the device kind (``training/mfu.py``; CPUs have
+      none and log ``train/tflops_per_device`` only).
   """
 
   model_dir: str = gin.REQUIRED
@@ -87,6 +94,9 @@ class TrainConfig:
   seed: int = 0
   progress_bar: bool = True
   stop_after_step: Optional[int] = None
+  compilation_cache_dir: Optional[str] = ""
+  compilation_cache_min_compile_secs: float = 1.0
+  peak_tflops_per_device: Optional[float] = None
 
   def __post_init__(self):
     if self.batch_size % self.grad_accum_steps:

@@ -33,9 +33,10 @@ import numpy as np
 import optax
 import tqdm
 
-from lmlab.training import checkpointing
+from lmlab.training import checkpointing, compilation_cache
 from lmlab.training.preemption import PreemptedError, StopSignal
 from lmlab.training.metric_logging import MetricLogger
+from lmlab.training.mfu import Throughput
 from lmlab.wrappers.base import metrics_from_sums
 from lmlab.training.optimizers import OptimizerConfig, make_optimizer, make_schedule
 from lmlab.training.partitioning import Partitioner, with_shardings
@@ -252,6 +253,8 @@ class Trainer:
         else "TrainConfig.batch_size")
     if config.eval_batch_size:
       self.partitioner.check_batch_size(config.eval_batch_size, "TrainConfig.eval_batch_size")
+    compilation_cache.enable(config.model_dir, config.compilation_cache_dir,
+                             config.compilation_cache_min_compile_secs)
     self.schedule = make_schedule(optimizer_config, config.train_steps)
     self.optimizer = make_optimizer(optimizer_config, config.train_steps)
     self.checkpointer = checkpointing.Checkpointer(
@@ -401,6 +404,7 @@ class Trainer:
     first_loss = last_loss = None
     last_saved = start_step if start_step else None
     tokens = 0.0
+    throughput = Throughput(self.model, cfg.peak_tflops_per_device)
     t_start = t_window = time.perf_counter()
 
     def flush_metrics(step: int) -> None:
@@ -421,7 +425,8 @@ class Trainer:
       window_tokens_now = sums["token_count"]
       now = time.perf_counter()
       scalars = self.model.metrics(sums)
-      scalars.update(last, tokens_per_second=window_tokens_now / max(now - t_window, 1e-9))
+      scalars.update(last, tokens_per_second=window_tokens_now / max(now - t_window, 1e-9),
+                     **throughput.scalars(len(host), now - t_window))
       tokens += window_tokens_now
       t_window = now
       first_loss = scalars["loss"] if first_loss is None else first_loss
@@ -442,7 +447,9 @@ class Trainer:
     try:
       with stop.installed():
         for step in range(start_step, end_step):
-          state, metrics = self.train_step(state, next(batches))
+          batch = next(batches)
+          throughput.observe_batch(batch)
+          state, metrics = self.train_step(state, batch)
           pending.append((step, metrics))
           done = step + 1
           bar.update(1)

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lmlab.models import flops
+
 Batch = Mapping[str, jnp.ndarray]
 Params = Any
 
@@ -96,6 +98,19 @@ class ModelWrapper(abc.ABC):
     """This wrapper with the network's vocabulary sized for a task (default: unchanged)."""
     del vocab_size
     return self
+
+  def forward_flops(self, shapes: Mapping[str, tuple[int, ...]]) -> Optional[float]:
+    """Model FLOPs of one forward pass over a batch with these feature shapes (None: unknown).
+
+    Analytic matmul counts from ``lmlab.models.flops``; used for MFU logging.
+    """
+    del shapes
+    return None
+
+  def train_flops(self, shapes: Mapping[str, tuple[int, ...]]) -> Optional[float]:
+    """Model FLOPs of one training step (forward and backward) over such a batch."""
+    forward = self.forward_flops(shapes)
+    return None if forward is None else flops.TRAINING_FLOPS_PER_FORWARD * forward
 
   def check_run(self) -> None:
     """Raises ValueError if the bound run configuration cannot work with this model."""

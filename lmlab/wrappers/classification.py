@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from lmlab.wrappers.base import CLASSIFICATION, Batch, ModelWrapper, Params
-from lmlab.models import EncoderConfig, EncoderForSequenceClassification
+from lmlab.models import EncoderConfig, EncoderForSequenceClassification, flops
 from lmlab.models.config import T5Config
 from lmlab.models.encoder_decoder import EncT5Classifier
 
@@ -87,6 +87,15 @@ class ClassificationModel(ModelWrapper):
     if self.is_t5:
       return EncT5Classifier(self.config, self.spec.num_classes)
     return EncoderForSequenceClassification(self.config, self.spec.num_classes, self.pooling)
+
+  def forward_flops(self, shapes) -> float:
+    """Encoder (EncT5: and one decoder step) plus pooler/classifier, for the batch."""
+    rows, length = shapes["input_ids"]
+    classes = self.spec.num_classes
+    if self.is_t5:
+      head = 2.0 * self.config.d_model * classes
+      return rows * (flops.encoder_decoder_flops(self.config, length, 1, logits=False) + head)
+    return rows * flops.classifier_flops(self.config, length, classes)
 
   def init(self, rng: jax.Array, batch_size: int, sequence_length: int) -> Params:
     """Parameters (boxed with logical axis names) for rows of ``sequence_length`` tokens."""

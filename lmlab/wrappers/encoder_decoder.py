@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmlab.wrappers.base import SEQ2SEQ, ModelWrapper, metrics_from_sums, weighted_cross_entropy
+from lmlab.models import flops
 from lmlab.models.byte_level import keep_tokens
 from lmlab.models.config import T5Config
 from lmlab.models.encoder_decoder import EncoderDecoder
@@ -156,6 +157,12 @@ class EncoderDecoderModel(ModelWrapper):
     return self.module.init({"params": rng, "dropout": rng}, ids, ids[:, :3])["params"]
 
   # -- training ----------------------------------------------------------------
+
+  def forward_flops(self, shapes: Mapping[str, tuple[int, ...]]) -> float:
+    """Encoder over the inputs, decoder and logits over the targets, for the batch."""
+    rows, input_length = shapes["encoder_input_tokens"]
+    target_length = shapes["decoder_target_tokens"][1]
+    return rows * flops.encoder_decoder_flops(self.config, input_length, target_length)
 
   def initial_model_state(self) -> dict[str, jnp.ndarray]:
     if self.deletion is None or self.deletion.target_rate is None:

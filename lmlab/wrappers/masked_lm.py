@@ -10,7 +10,7 @@ import gin
 import jax
 import jax.numpy as jnp
 
-from lmlab.models import EncoderConfig, EncoderForMaskedLM
+from lmlab.models import EncoderConfig, EncoderForMaskedLM, flops
 from lmlab.wrappers.base import (MASKED_LM, Batch, ModelWrapper, Params, metrics_from_sums,
                                  weighted_cross_entropy)
 
@@ -92,6 +92,14 @@ class MaskedLMModel(ModelWrapper):
     sums["dropped_predictions"] = jnp.sum(batch["loss_weights"]) - sums["weight_sum"]
     sums["token_count"] = jnp.sum(batch["segment_ids"] > 0).astype(jnp.float32)
     return sums
+
+  def forward_flops(self, shapes: Mapping[str, tuple[int, ...]]) -> float:
+    """Encoder and MLM head (on the gathered positions, if any) over the batch."""
+    rows, length = shapes["input_ids"]
+    head = None
+    if self.max_prediction_fraction is not None:
+      head = min(length, math.ceil(self.max_prediction_fraction * length))
+    return rows * flops.masked_lm_flops(self.config, length, head)
 
   def check_run(self) -> None:
     """The gathered MLM head must have room for every masked token."""
