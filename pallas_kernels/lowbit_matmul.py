@@ -1,7 +1,11 @@
 """Low-bit matmul kernels in Pallas: W8A8 int8 and packed ternary (BitNet b1.58).
 
 Two kernels, each with a pure-jnp reference that defines the expected result
-and with the quantizers that produce its inputs.
+and with the quantizers that produce its inputs. This module documents both
+and holds the int8 kernel; the ternary kernel lives in
+:mod:`pallas_kernels.lowbit_ternary`, the quantizers, packing and references
+in :mod:`pallas_kernels.lowbit_formats`, the per-backend block rules in
+:mod:`pallas_kernels.lowbit_layout`; all public names are re-exported here.
 
 W8A8 int8 (:func:`int8_matmul`)
   ``out[m, n] = (sum_k x_q[m, k] * w_q[k, n]) * x_scale[m] * w_scale[n]``
@@ -32,37 +36,60 @@ Packing format
   0). Decoding is branch-free: ``w = (c & 1) - (c >> 1)``. Rows past K in the
   last byte are code 0, so padding never changes a result.
 
-Tiling
-  Both kernels run on a 2-D grid ``(M / block_m, N / block_n)``; each program
-  owns one ``[block_m, block_n]`` output tile, receives the full K extent of
-  its activation rows and weight columns, and walks K in ``block_k`` steps
-  with a ``fori_loop``, keeping the accumulator in registers. The K loop sits
-  inside the kernel (rather than on a grid axis) because the Triton GPU
-  backend gives every grid program its own output and cannot accumulate
-  across programs. The ternary kernel reads a ``[block_k / 4, block_n]`` byte
-  tile per step and, for each of the four bit planes ``s``, multiplies the
-  decoded ``[block_k / 4, block_n]`` plane by the activation columns
-  ``k0 + s, k0 + s + 4, ...`` (a stride-4 slice of the activation tile), so
-  no interleaving shuffle of the decoded weights is needed. With per-group
-  scales ``block_k`` must divide ``group_size`` (the wrapper uses
-  ``group_size`` itself when ``block_k`` does not divide it) so that each K
-  step lies in one group.
+Ternary decode
+  A K tile of ``block_k`` rows is ``block_k / 4`` byte rows; bit plane ``s``
+  of those bytes holds weight rows ``k0 + s, k0 + s + 4, ...``. Rather than
+  reading the matching stride-4 activation columns in the kernel (a strided
+  lane gather that Mosaic cannot do and Triton does slowly), the wrapper
+  permutes the activation columns within each K tile so that plane ``s``
+  meets the contiguous columns ``[s * block_k / 4, (s + 1) * block_k / 4)``.
+  The permutation costs one pass over the (small) activations; the packed
+  weights are read as stored.
 
-  Shapes that are not multiples of the blocks are zero-padded by the wrappers
-  and the result sliced back; zero activations, zero weight codes and unit
-  scales in the padding contribute nothing. Blocks larger than a (padded)
-  dimension are shrunk to the next power of two that covers it (at least 16,
-  the smallest tile a GPU tensor-core dot accepts).
+Platforms
+  Each kernel has one variant per Pallas backend, chosen when the function
+  is lowered (``_tiling.dispatch``): interpret mode on CPU (no Pallas
+  compiler there; slow, for checking indexing and arithmetic), Triton on
+  NVIDIA/AMD GPUs, Mosaic on TPUs. Default blocks come from the backend of
+  the variant, not from the host, so lowering for a GPU from a CPU machine
+  uses GPU blocks. Block arguments left as None take those defaults; given
+  ones are made legal for the backend (see below) and shrunk for small
+  inputs. Shapes that are not multiples of the blocks are zero-padded and
+  the result sliced back; zero activations, zero weight codes and zero or
+  unit scales in the padding contribute nothing.
 
-Backends
-  On GPU the kernels lower through Pallas's Triton backend; there the tile
-  sizes seen by the dots should be powers of two (``block_m``, ``block_n``,
-  ``block_k`` for int8 and ``block_k / 4`` for ternary) and at least 16. On
-  CPU there is no Pallas compiler: ``interpret=None`` (the default) runs the
-  kernels in Pallas interpret mode whenever the default backend is CPU. That
-  mode exists so the tests can check the kernels' indexing and arithmetic
-  against the references; it is slow and not meant for real workloads.
+  * Interpret and Triton: a 2-D grid ``(M / block_m, N / block_n)``; each
+    program receives the full K extent of its activation rows and weight
+    columns and walks K in ``block_k`` steps with a ``fori_loop``,
+    accumulating in registers (Triton gives every program its own output
+    and cannot accumulate across programs). For Triton every tile a dot
+    sees must be a power of two and at least 16, so blocks are rounded up to
+    powers of two, ``block_k / 4 >= 16`` for ternary; ``num_warps`` and
+    ``num_stages`` are set per kernel (chosen for Hopper-class GPUs, not yet
+    tuned by measurement). The interpret variant keeps the caller's blocks
+    as given, so tests can use tiny tiles.
+  * Mosaic TPU: a 3-D grid ``(M / block_m, N / block_n, K / block_k)`` with K
+    an ``"arbitrary"`` (sequential) axis and the accumulators in VMEM
+    scratch. Blocks obey the TPU tiling: N and K blocks are multiples of 128
+    lanes; M blocks are multiples of 32 rows for int8 activations (an (8,
+    128) tile of 32-bit words packs 32 int8 rows; the packed ternary bytes
+    then have ``block_k / 4`` rows, a multiple of 32 too), 16 for bfloat16
+    and 8 for float32. Scales travel as 2-D ``[M, 1]`` / ``[1, N]`` /
+    ``[groups, r, N]`` arrays (rank-1 blocks are illegal there). The four
+    decoded bit planes are stacked into one ``[block_k, block_n]`` tile for
+    a single MXU dot.
+
+  Per-group scales on the accelerator layouts: a K step must not straddle
+  a group. Groups that are a multiple of the K granule (128 on TPU, 64 on
+  Triton) are walked in whole K steps; smaller groups are rounded up to a
+  power of two that divides the granule and several groups share one K
+  step, each summed with the activations of the other groups masked to zero
+  (exact, at ``granule / group`` dots per step); other group sizes are
+  zero-padded per group to a legal size in the wrapper, which copies the
+  packed weights on every call (slow; prefer group sizes that are multiples
+  of 128). No combination of dtype, scale layout or shape is refused.
 """
+
 
 from __future__ import annotations
 
@@ -70,218 +97,34 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels import _tiling
+from pallas_kernels import lowbit_layout as lay
+from pallas_kernels.lowbit_formats import (  # re-exported
+    int8_matmul_reference, pack_ternary, pad_to, quantize_columns_absmax,
+    quantize_rows_absmax, quantize_ternary_absmean, ternary_matmul_reference,
+    unpack_ternary)
+from pallas_kernels.lowbit_ternary import (  # re-exported
+    ternary_matmul, ternary_matmul_interpreted_as)
 
+__all__ = [
+    "int8_matmul", "int8_matmul_interpreted_as", "int8_matmul_reference",
+    "pack_ternary", "quantize_columns_absmax", "quantize_rows_absmax",
+    "quantize_ternary_absmean", "ternary_matmul", "ternary_matmul_interpreted_as",
+    "ternary_matmul_reference", "unpack_ternary",
+]
 
-# ---------------------------------------------------------------------------
-# Helpers
-# ---------------------------------------------------------------------------
-
-
-def _fit_block(block: int, dim: int) -> int:
-  """Shrinks ``block`` to the power of two covering ``dim`` (>= 16), if smaller.
-
-  Keeps small inputs from being padded up to a large default tile, while a
-  caller's explicit block that is already smaller than the dimension is kept.
-  """
-  if block <= 0:
-    raise ValueError(f"Block sizes must be positive, got {block}.")
-  return min(block, _tiling.covering_pow2(dim))
-
-
-def _pad_to(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """Zero-pads ``x`` at the end of each axis up to ``shape``."""
-  pads = [(0, t - s) for s, t in zip(x.shape, shape)]
-  if all(p == (0, 0) for p in pads):
-    return x
-  return jnp.pad(x, pads)
-
-
-# ---------------------------------------------------------------------------
-# Quantizers
-# ---------------------------------------------------------------------------
-
-
-def quantize_rows_absmax(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Symmetric per-row int8 quantization: ``x ~= x_q * scale[:, None]``.
-
-  ``scale = max|x[m, :]| / 127`` so each row's largest magnitude maps to
-  +-127 (-128 is never used, keeping the grid symmetric). An all-zero row
-  gets scale 0 and codes 0 instead of dividing by zero.
-
-  Args:
-    x: ``[M, K]`` floating-point activations.
-
-  Returns:
-    ``(x_q, scale)``: int8 ``[M, K]`` codes and float32 ``[M]`` scales.
-  """
-  x = jnp.asarray(x, jnp.float32)
-  if x.ndim != 2:
-    raise ValueError(f"Expected a 2-D array, got shape {x.shape}.")
-  scale = jnp.max(jnp.abs(x), axis=1) / 127.0
-  safe = jnp.where(scale > 0, scale, 1.0)
-  x_q = jnp.clip(jnp.round(x / safe[:, None]), -127, 127).astype(jnp.int8)
-  return x_q, scale.astype(jnp.float32)
-
-
-def quantize_columns_absmax(w: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Symmetric per-column int8 quantization: ``w ~= w_q * scale[None, :]``.
-
-  The column-wise twin of :func:`quantize_rows_absmax`, for ``[K, N]``
-  weights whose output channels are columns.
-
-  Returns:
-    ``(w_q, scale)``: int8 ``[K, N]`` codes and float32 ``[N]`` scales.
-  """
-  w = jnp.asarray(w)
-  if w.ndim != 2:
-    raise ValueError(f"Expected a 2-D array, got shape {w.shape}.")
-  w_q_t, scale = quantize_rows_absmax(w.T)
-  return w_q_t.T, scale
-
-
-def quantize_ternary_absmean(
-    w: jax.Array, eps: float = 1e-5, group_size: Optional[int] = None
-) -> tuple[jax.Array, jax.Array]:
-  """BitNet b1.58 absmean quantization to {-1, 0, +1}.
-
-  ``w_t = RoundClip(w / (mean|w| + eps), -1, 1)`` with ``scale = mean|w|``,
-  so ``w ~= w_t * scale``. With ``group_size=None`` the mean runs over the
-  whole tensor and ``scale`` is a float32 scalar. With a ``group_size`` the
-  mean runs, per output column, over each block of ``group_size``
-  consecutive rows of K (the last block may be shorter and is averaged over
-  its real rows only), and ``scale`` has shape ``[ceil(K / group_size), N]``,
-  the layout :func:`ternary_matmul` takes. All-zero weights give codes 0 and
-  scale 0 (``eps`` keeps the division finite).
-
-  Args:
-    w: ``[K, N]`` floating-point weights.
-    eps: added to the mean before dividing.
-    group_size: rows of K per scale, or None for one per-tensor scale.
-
-  Returns:
-    ``(w_ternary, scale)``: int8 ``[K, N]`` in {-1, 0, 1} and float32 scale.
-  """
-  w = jnp.asarray(w, jnp.float32)
-  if w.ndim != 2:
-    raise ValueError(f"Expected a 2-D array, got shape {w.shape}.")
-  k, n = w.shape
-  if group_size is None:
-    scale = jnp.mean(jnp.abs(w))
-    w_t = jnp.clip(jnp.round(w / (scale + eps)), -1, 1).astype(jnp.int8)
-    return w_t, scale.astype(jnp.float32)
-  if group_size <= 0:
-    raise ValueError(f"group_size must be positive, got {group_size}.")
-  num_groups = -(-k // group_size)
-  padded = _pad_to(jnp.abs(w), (num_groups * group_size, n))
-  sums = padded.reshape(num_groups, group_size, n).sum(axis=1)
-  counts = np.minimum(group_size, k - group_size * np.arange(num_groups))
-  scale = sums / jnp.asarray(counts, jnp.float32)[:, None]
-  per_row = jnp.repeat(scale, group_size, axis=0)[:k]
-  w_t = jnp.clip(jnp.round(w / (per_row + eps)), -1, 1).astype(jnp.int8)
-  return w_t, scale.astype(jnp.float32)
-
-
-# ---------------------------------------------------------------------------
-# Ternary packing
-# ---------------------------------------------------------------------------
-
-# Code of each ternary value in its 2-bit field (see the module docstring).
-_CODE_PLUS_ONE = 1
-_CODE_MINUS_ONE = 2
-
-
-def _decode_codes(codes: jax.Array, dtype) -> jax.Array:
-  """Maps 2-bit codes (0, 1, 2) to (0, +1, -1) without branches."""
-  codes = codes.astype(jnp.int32)
-  return ((codes & 1) - (codes >> 1)).astype(dtype)
-
-
-def pack_ternary(w_ternary: jax.Array) -> jax.Array:
-  """Packs a ``[K, N]`` ternary matrix into ``uint8[ceil(K / 4), N]``.
-
-  Four weights per byte along K: row ``4r + s`` goes to bits ``2s..2s+1`` of
-  byte row ``r``, coded 0 -> 0, +1 -> 1, -1 -> 2 (module docstring). K need
-  not be a multiple of 4; the missing rows of the last byte are code 0.
-
-  Raises:
-    ValueError: if ``w_ternary`` is not 2-D, or (for concrete, non-traced
-      inputs) holds a value outside {-1, 0, 1}.
-  """
-  w = jnp.asarray(w_ternary)
-  if w.ndim != 2:
-    raise ValueError(f"Expected a 2-D [K, N] array, got shape {w.shape}.")
-  try:
-    values = np.asarray(w)
-  except (jax.errors.TracerArrayConversionError,
-          jax.errors.ConcretizationTypeError):
-    values = None  # traced (under jit): values cannot be checked here
-  if values is not None:
-    bad = ~np.isin(values, (-1, 0, 1))
-    if bad.any():
-      found = np.unique(values[bad])[:8]
-      raise ValueError(
-          "pack_ternary expects values in {-1, 0, 1}; found "
-          f"{found.tolist()} at {int(bad.sum())} position(s)."
-      )
-  k, n = w.shape
-  kq = -(-k // 4)
-  codes = jnp.where(
-      w == 1, _CODE_PLUS_ONE, jnp.where(w == -1, _CODE_MINUS_ONE, 0)
-  ).astype(jnp.uint8)
-  codes = _pad_to(codes, (4 * kq, n)).reshape(kq, 4, n)
-  packed = codes[:, 0]
-  for s in range(1, 4):
-    packed = packed | (codes[:, s] << (2 * s))
-  return packed
-
-
-def unpack_ternary(packed: jax.Array, k: int) -> jax.Array:
-  """Inverse of :func:`pack_ternary`: ``uint8[ceil(k/4), N] -> int8[k, N]``."""
-  packed = jnp.asarray(packed)
-  if packed.ndim != 2 or packed.dtype != jnp.uint8:
-    raise ValueError(
-        f"Expected a 2-D uint8 array, got {packed.dtype} {packed.shape}."
-    )
-  if packed.shape[0] != -(-k // 4):
-    raise ValueError(
-        f"{packed.shape[0]} packed rows do not hold k={k} rows "
-        f"(expected ceil(k/4) = {-(-k // 4)})."
-    )
-  shifts = jnp.arange(4, dtype=jnp.uint8) * 2
-  codes = (packed[:, None, :] >> shifts[None, :, None]) & 3
-  w = _decode_codes(codes, jnp.int8)
-  return w.reshape(-1, packed.shape[1])[:k]
-
+INTERPRET, TRITON, MOSAIC_TPU = _tiling.INTERPRET, _tiling.TRITON, _tiling.MOSAIC_TPU
 
 # ---------------------------------------------------------------------------
 # W8A8 int8 matmul
 # ---------------------------------------------------------------------------
 
 
-def int8_matmul_reference(
-    x_q: jax.Array,
-    w_q: jax.Array,
-    x_scale: jax.Array,
-    w_scale: jax.Array,
-    *,
-    out_dtype=jnp.bfloat16,
-) -> jax.Array:
-  """Pure-jnp W8A8 matmul: exact int32 dot, then row and column scales."""
-  acc = jax.lax.dot(x_q, w_q, preferred_element_type=jnp.int32)
-  out = (
-      acc.astype(jnp.float32)
-      * x_scale.astype(jnp.float32)[:, None]
-      * w_scale.astype(jnp.float32)[None, :]
-  )
-  return out.astype(out_dtype)
-
-
-def _int8_kernel(x_ref, w_ref, xs_ref, ws_ref, o_ref, *, block_k, num_k):
-  """One ``[block_m, block_n]`` output tile: int32 sum over K tiles, then scale."""
+def _int8_loop_kernel(x_ref, w_ref, xs_ref, ws_ref, o_ref, *, block_k, num_k):
+  """Interpret/Triton: one output tile, int32 sum over K tiles, then scale."""
 
   def body(t, acc):
     start = pl.multiple_of(t * block_k, block_k)
@@ -289,14 +132,83 @@ def _int8_kernel(x_ref, w_ref, xs_ref, ws_ref, o_ref, *, block_k, num_k):
     w = w_ref[pl.ds(start, block_k), :]
     return acc + jnp.dot(x, w, preferred_element_type=jnp.int32)
 
-  acc = jnp.zeros(o_ref.shape, jnp.int32)
-  acc = jax.lax.fori_loop(0, num_k, body, acc)
-  out = (
-      acc.astype(jnp.float32)
-      * xs_ref[...][:, None]
-      * ws_ref[...][None, :]
-  )
+  acc = jax.lax.fori_loop(0, num_k, body, jnp.zeros(o_ref.shape, jnp.int32))
+  out = acc.astype(jnp.float32) * xs_ref[...][:, None] * ws_ref[...][None, :]
   o_ref[...] = out.astype(o_ref.dtype)
+
+
+def _int8_tpu_kernel(x_ref, w_ref, xs_ref, ws_ref, o_ref, acc_ref):
+  """Mosaic: one K step of one output tile; scales applied at the last step."""
+  t = pl.program_id(2)
+
+  @pl.when(t == 0)
+  def _():
+    acc_ref[...] = jnp.zeros(acc_ref.shape, jnp.int32)
+
+  acc_ref[...] += jnp.dot(x_ref[...], w_ref[...], preferred_element_type=jnp.int32)
+
+  @pl.when(t == pl.num_programs(2) - 1)
+  def _():
+    out = acc_ref[...].astype(jnp.float32) * xs_ref[...] * ws_ref[...]
+    o_ref[...] = out.astype(o_ref.dtype)
+
+
+def _int8_variant(backend, blocks, out_dtype, interpret):
+  """``fn(x_q, w_q, x_scale, w_scale)`` laid out for ``backend``."""
+
+  def run(x_q, w_q, x_scale, w_scale):
+    (m, k), n = x_q.shape, w_q.shape[1]
+    bm, bn, bk = lay.blocks("int8", backend, blocks)
+    rows = lay.tpu_rows((jnp.int8, out_dtype))
+    bm = lay.fit(backend, bm, m, rows)
+    bn = lay.fit(backend, bn, n, _tiling.TPU_LANES)
+    bk = lay.fit(backend, bk, k, _tiling.TPU_LANES)
+    mp, np_, kp = (_tiling.round_up(m, bm), _tiling.round_up(n, bn),
+                   _tiling.round_up(k, bk))
+    x_p, w_p = pad_to(x_q, (mp, kp)), pad_to(w_q, (kp, np_))
+    xs_p = pad_to(x_scale.astype(jnp.float32), (mp,))
+    ws_p = pad_to(w_scale.astype(jnp.float32), (np_,))
+    common = dict(out_shape=jax.ShapeDtypeStruct((mp, np_), out_dtype),
+                  interpret=interpret, name="int8_matmul")
+    if backend == MOSAIC_TPU:
+      out = pl.pallas_call(
+          _int8_tpu_kernel,
+          grid=(mp // bm, np_ // bn, kp // bk),
+          in_specs=[pl.BlockSpec((bm, bk), lambda i, j, t: (i, t)),
+                    pl.BlockSpec((bk, bn), lambda i, j, t: (t, j)),
+                    pl.BlockSpec((bm, 1), lambda i, j, t: (i, 0)),
+                    pl.BlockSpec((1, bn), lambda i, j, t: (0, j))],
+          out_specs=pl.BlockSpec((bm, bn), lambda i, j, t: (i, j)),
+          scratch_shapes=[pltpu.VMEM((bm, bn), jnp.int32)],
+          compiler_params=lay.compiler_params("int8", backend, 3), **common,
+      )(x_p, w_p, xs_p.reshape(mp, 1), ws_p.reshape(1, np_))
+    else:
+      kernel = lambda *refs: _int8_loop_kernel(*refs, block_k=bk, num_k=kp // bk)
+      out = pl.pallas_call(
+          kernel,
+          grid=(mp // bm, np_ // bn),
+          in_specs=[pl.BlockSpec((bm, kp), lambda i, j: (i, 0)),
+                    pl.BlockSpec((kp, bn), lambda i, j: (0, j)),
+                    pl.BlockSpec((bm,), lambda i, j: (i,)),
+                    pl.BlockSpec((bn,), lambda i, j: (j,))],
+          out_specs=pl.BlockSpec((bm, bn), lambda i, j: (i, j)),
+          compiler_params=lay.compiler_params("int8", backend, 2), **common,
+      )(x_p, w_p, xs_p, ws_p)
+    return out[:m, :n]
+
+  return run
+
+
+def _check_int8(x_q, w_q, x_scale, w_scale):
+  (m, k), (k2, n) = x_q.shape, w_q.shape
+  if k != k2:
+    raise ValueError(f"Contraction mismatch: x {x_q.shape}, w {w_q.shape}.")
+  if x_q.dtype != jnp.int8 or w_q.dtype != jnp.int8:
+    raise ValueError(f"Expected int8 inputs, got {x_q.dtype}, {w_q.dtype}.")
+  if x_scale.shape != (m,) or w_scale.shape != (n,):
+    raise ValueError(
+        f"Expected x_scale [{m}] and w_scale [{n}], got {x_scale.shape} and "
+        f"{w_scale.shape}.")
 
 
 def int8_matmul(
@@ -306,9 +218,9 @@ def int8_matmul(
     w_scale: jax.Array,
     *,
     out_dtype=jnp.bfloat16,
-    block_m: int = 128,
-    block_n: int = 128,
-    block_k: int = 64,
+    block_m: Optional[int] = None,
+    block_n: Optional[int] = None,
+    block_k: Optional[int] = None,
     interpret: Optional[bool] = None,
 ) -> jax.Array:
   """W8A8 matmul in Pallas; same result as :func:`int8_matmul_reference`.
@@ -319,254 +231,31 @@ def int8_matmul(
     x_scale: float32 ``[M]`` per-row activation scales.
     w_scale: float32 ``[N]`` per-column weight scales.
     out_dtype: dtype of the scaled output.
-    block_m, block_n, block_k: tile sizes (shrunk for small inputs).
-    interpret: Pallas interpret mode; None means "on CPU only".
+    block_m, block_n, block_k: tile sizes; None takes the platform's
+      default. Made legal for the platform and shrunk for small inputs.
+    interpret: True runs Pallas interpret mode on every platform; None or
+      False compile on GPU/TPU (CPU always interprets).
 
   Returns:
     ``[M, N]`` array of ``out_dtype``.
   """
-  m, k = x_q.shape
-  k2, n = w_q.shape
-  if k != k2:
-    raise ValueError(f"Contraction mismatch: x {x_q.shape}, w {w_q.shape}.")
-  if x_q.dtype != jnp.int8 or w_q.dtype != jnp.int8:
-    raise ValueError(f"Expected int8 inputs, got {x_q.dtype}, {w_q.dtype}.")
-  if x_scale.shape != (m,) or w_scale.shape != (n,):
-    raise ValueError(
-        f"Expected x_scale [{m}] and w_scale [{n}], got {x_scale.shape} and "
-        f"{w_scale.shape}."
-    )
-  bm, bn, bk = _fit_block(block_m, m), _fit_block(block_n, n), _fit_block(
-      block_k, k)
-  mp, np_, kp = _tiling.round_up(m, bm), _tiling.round_up(n, bn), _tiling.round_up(k, bk)
-  x_p = _pad_to(x_q, (mp, kp))
-  w_p = _pad_to(w_q, (kp, np_))
-  xs_p = _pad_to(x_scale.astype(jnp.float32), (mp,))
-  ws_p = _pad_to(w_scale.astype(jnp.float32), (np_,))
-
-  kernel = lambda *refs: _int8_kernel(*refs, block_k=bk, num_k=kp // bk)
-  out = pl.pallas_call(
-      kernel,
-      out_shape=jax.ShapeDtypeStruct((mp, np_), out_dtype),
-      grid=(mp // bm, np_ // bn),
-      in_specs=[
-          pl.BlockSpec((bm, kp), lambda i, j: (i, 0)),
-          pl.BlockSpec((kp, bn), lambda i, j: (0, j)),
-          pl.BlockSpec((bm,), lambda i, j: (i,)),
-          pl.BlockSpec((bn,), lambda i, j: (j,)),
-      ],
-      out_specs=pl.BlockSpec((bm, bn), lambda i, j: (i, j)),
-      interpret=_tiling.resolve_interpret(interpret),
-      name="int8_matmul",
-  )(x_p, w_p, xs_p, ws_p)
-  return out[:m, :n]
+  _check_int8(x_q, w_q, x_scale, w_scale)
+  blocks = (block_m, block_n, block_k)
+  build = lambda backend: _int8_variant(backend, blocks, out_dtype,
+                                        backend == INTERPRET)
+  return _tiling.dispatch(build, x_q, w_q, x_scale, w_scale, interpret=interpret)
 
 
-# ---------------------------------------------------------------------------
-# Ternary matmul
-# ---------------------------------------------------------------------------
+def int8_matmul_interpreted_as(backend: str, x_q, w_q, x_scale, w_scale, *,
+                               out_dtype=jnp.bfloat16, block_m=None,
+                               block_n=None, block_k=None) -> jax.Array:
+  """Runs the ``backend`` variant's layout (blocks, grid, specs) in interpret mode.
 
-
-def _group_scales(
-    scale: jax.Array, k: int, n: int, group_size: Optional[int]
-) -> tuple[jax.Array, int]:
-  """Normalizes ``scale`` to ``float32[num_groups, N]`` plus the group size.
-
-  A per-tensor scale becomes one group spanning all of K.
+  For checking the Triton and TPU layouts' indexing numerically on a CPU
+  machine; the arithmetic is the interpreter's, not the accelerator's.
   """
-  scale = jnp.asarray(scale, jnp.float32)
-  if group_size is None:
-    if scale.size != 1:
-      raise ValueError(
-          "Without group_size the scale must be per-tensor (one value), got "
-          f"shape {scale.shape}."
-      )
-    return jnp.broadcast_to(scale.reshape(1, 1), (1, n)), k
-  if group_size <= 0 or group_size % 4:
-    raise ValueError(
-        f"group_size must be a positive multiple of 4 (whole packed bytes), "
-        f"got {group_size}."
-    )
-  num_groups = -(-k // group_size)
-  if scale.shape != (num_groups, n):
-    raise ValueError(
-        f"Per-group scale must have shape [ceil(K/group_size), N] = "
-        f"[{num_groups}, {n}], got {scale.shape}."
-    )
-  return scale, group_size
+  _check_int8(x_q, w_q, x_scale, w_scale)
+  return _int8_variant(backend, (block_m, block_n, block_k), out_dtype,
+                       True)(x_q, w_q, x_scale, w_scale)
 
 
-def ternary_matmul_reference(
-    x: jax.Array,
-    w_packed: jax.Array,
-    scale: jax.Array,
-    *,
-    k: int,
-    group_size: Optional[int] = None,
-    x_scale: Optional[jax.Array] = None,
-    out_dtype=jnp.float32,
-) -> jax.Array:
-  """Pure-jnp ternary matmul: unpack the weights, then per-group dots.
-
-  int8 activations are summed exactly in int32 within each group, float
-  activations in float32; scaled groups are added in float32 in group order,
-  then multiplied by ``x_scale`` (the kernel's order).
-  """
-  m = x.shape[0]
-  w = unpack_ternary(w_packed, k)
-  n = w.shape[1]
-  scales, gsize = _group_scales(scale, k, n, group_size)
-  integer = jnp.issubdtype(x.dtype, jnp.integer)
-  acc_dtype = jnp.int32 if integer else jnp.float32
-  w = w.astype(jnp.int8 if integer else x.dtype)
-  out = jnp.zeros((m, n), jnp.float32)
-  for g in range(scales.shape[0]):
-    lo, hi = g * gsize, min(k, (g + 1) * gsize)
-    part = jax.lax.dot(
-        x[:, lo:hi], w[lo:hi], preferred_element_type=acc_dtype,
-        precision=jax.lax.Precision.HIGHEST,
-    )
-    out = out + part.astype(jnp.float32) * scales[g][None, :]
-  if x_scale is not None:
-    out = out * jnp.asarray(x_scale, jnp.float32)[:, None]
-  return out.astype(out_dtype)
-
-
-def _ternary_kernel(
-    x_ref, p_ref, s_ref, xs_ref, o_ref, *, block_k, steps_per_group,
-    num_groups, acc_dtype, w_dtype,
-):
-  """One output tile: per group, sum decoded bit planes x K steps, then scale.
-
-  ``p_ref`` holds packed bytes ``[K / 4, block_n]``; each K step of
-  ``block_k`` rows reads ``block_k / 4`` byte rows and multiplies bit plane
-  ``s`` by activation columns ``k0 + s, k0 + s + 4, ...``.
-  """
-  bq = block_k // 4
-  tile_shape = o_ref.shape
-
-  def k_step(t, acc):
-    k0 = pl.multiple_of(t * block_k, block_k)
-    q0 = pl.multiple_of(t * bq, bq)
-    packed = p_ref[pl.ds(q0, bq), :].astype(jnp.int32)
-    for s in range(4):
-      w = _decode_codes((packed >> (2 * s)) & 3, w_dtype)
-      x = x_ref[:, pl.ds(k0 + s, bq, stride=4)]
-      acc = acc + jnp.dot(x, w, preferred_element_type=acc_dtype)
-    return acc
-
-  def group_step(g, out):
-    first = g * steps_per_group
-    acc = jax.lax.fori_loop(
-        first, first + steps_per_group, k_step,
-        jnp.zeros(tile_shape, acc_dtype),
-    )
-    group_scale = s_ref[pl.ds(g, 1), :]
-    return out + acc.astype(jnp.float32) * group_scale
-
-  out = jax.lax.fori_loop(
-      0, num_groups, group_step, jnp.zeros(tile_shape, jnp.float32)
-  )
-  out = out * xs_ref[...][:, None]
-  o_ref[...] = out.astype(o_ref.dtype)
-
-
-def ternary_matmul(
-    x: jax.Array,
-    w_packed: jax.Array,
-    scale: jax.Array,
-    *,
-    k: int,
-    group_size: Optional[int] = None,
-    x_scale: Optional[jax.Array] = None,
-    out_dtype=jnp.float32,
-    block_m: int = 64,
-    block_n: int = 128,
-    block_k: int = 256,
-    interpret: Optional[bool] = None,
-) -> jax.Array:
-  """Ternary-weight matmul with the weights decoded from 2-bit codes in-kernel.
-
-  Same result as :func:`ternary_matmul_reference` (exactly, for int8
-  activations and scales whose partial products are representable).
-
-  Args:
-    x: ``[M, K]`` activations, int8 or bfloat16/float32.
-    w_packed: ``uint8[ceil(K/4), N]`` from :func:`pack_ternary`.
-    scale: float32 per-tensor scalar, or ``[ceil(K/group_size), N]`` with
-      ``group_size``.
-    k: the unpacked K (the packed rows only give it up to a multiple of 4).
-    group_size: rows of K per scale (a multiple of 4), or None.
-    x_scale: optional float32 ``[M]`` per-row activation scale.
-    out_dtype: output dtype.
-    block_m, block_n, block_k: tile sizes; ``block_k`` is a multiple of 4
-      and, with groups, is replaced by ``group_size`` if it does not divide it.
-    interpret: Pallas interpret mode; None means "on CPU only".
-
-  Returns:
-    ``[M, N]`` array of ``out_dtype``.
-  """
-  if x.ndim != 2 or x.shape[1] != k:
-    raise ValueError(f"Expected x of shape [M, {k}], got {x.shape}.")
-  if w_packed.dtype != jnp.uint8 or w_packed.shape[0] != -(-k // 4):
-    raise ValueError(
-        f"Expected uint8 packed weights [{-(-k // 4)}, N], got "
-        f"{w_packed.dtype} {w_packed.shape}."
-    )
-  integer = jnp.issubdtype(x.dtype, jnp.integer)
-  if integer and x.dtype != jnp.int8:
-    raise ValueError(f"Integer activations must be int8, got {x.dtype}.")
-  if not integer and x.dtype not in (jnp.bfloat16, jnp.float32):
-    raise ValueError(f"Float activations must be bf16/f32, got {x.dtype}.")
-  if block_k <= 0 or block_k % 4:
-    raise ValueError(f"block_k must be a positive multiple of 4, got {block_k}.")
-  m = x.shape[0]
-  n = w_packed.shape[1]
-  scales, gsize = _group_scales(scale, k, n, group_size)
-  num_groups = scales.shape[0]
-
-  bm, bn = _fit_block(block_m, m), _fit_block(block_n, n)
-  if group_size is None:
-    bk = _fit_block(block_k, k)
-    bk = _tiling.round_up(bk, 4)
-    kp = _tiling.round_up(k, bk)
-    gsize = kp  # the single group spans the padded K
-  else:
-    bk = block_k if gsize % block_k == 0 else gsize
-    kp = num_groups * gsize
-  mp, np_ = _tiling.round_up(m, bm), _tiling.round_up(n, bn)
-
-  x_p = _pad_to(x, (mp, kp))
-  p_p = _pad_to(w_packed, (kp // 4, np_))
-  s_p = _pad_to(scales, (num_groups, np_))
-  if x_scale is None:
-    xs = jnp.ones((m,), jnp.float32)
-  else:
-    xs = jnp.asarray(x_scale, jnp.float32)
-    if xs.shape != (m,):
-      raise ValueError(f"x_scale must have shape [{m}], got {xs.shape}.")
-  xs_p = _pad_to(xs, (mp,))
-
-  kernel = lambda *refs: _ternary_kernel(
-      *refs,
-      block_k=bk,
-      steps_per_group=gsize // bk,
-      num_groups=num_groups,
-      acc_dtype=jnp.int32 if integer else jnp.float32,
-      w_dtype=jnp.int8 if integer else x.dtype,
-  )
-  out = pl.pallas_call(
-      kernel,
-      out_shape=jax.ShapeDtypeStruct((mp, np_), out_dtype),
-      grid=(mp // bm, np_ // bn),
-      in_specs=[
-          pl.BlockSpec((bm, kp), lambda i, j: (i, 0)),
-          pl.BlockSpec((kp // 4, bn), lambda i, j: (0, j)),
-          pl.BlockSpec((num_groups, bn), lambda i, j: (0, j)),
-          pl.BlockSpec((bm,), lambda i, j: (i,)),
-      ],
-      out_specs=pl.BlockSpec((bm, bn), lambda i, j: (i, j)),
-      interpret=_tiling.resolve_interpret(interpret),
-      name="ternary_matmul",
-  )(x_p, p_p, s_p, xs_p)
-  return out[:m, :n]

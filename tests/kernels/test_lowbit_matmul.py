@@ -287,3 +287,69 @@ def test_quantizers_zero_input_safe():
     q, s = fn(z)
     assert not np.asarray(q).any()
     assert np.all(np.asarray(s) == 0)
+
+
+# ---------------------------------------------------------------------------
+# Accelerator layouts, run in interpret mode
+# ---------------------------------------------------------------------------
+# The Triton and Mosaic TPU variants use their own blocks, grids and (on TPU)
+# scratch accumulators and 2-D scale layouts; running them interpreted checks
+# that indexing against the references on CPU. Shapes are odd and the blocks
+# small enough that K takes several steps and N several blocks.
+
+LM, LK, LN = 5, 300, 200
+LAYOUTS = [lb.TRITON, lb.MOSAIC_TPU]
+
+
+@pytest.mark.parametrize("backend", LAYOUTS)
+def test_int8_layouts_match_reference_bitwise(backend):
+  rng = np.random.default_rng(11)
+  x, w = _int8(rng, (LM, LK)), _int8(rng, (LK, LN))
+  xs = jnp.asarray(rng.uniform(0.001, 0.1, LM), jnp.float32)
+  ws = jnp.asarray(rng.uniform(0.001, 0.1, LN), jnp.float32)
+  out = lb.int8_matmul_interpreted_as(backend, x, w, xs, ws, out_dtype=jnp.float32,
+                                      block_n=128, block_k=128)
+  ref = lb.int8_matmul_reference(x, w, xs, ws, out_dtype=jnp.float32)
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
+
+
+# (group_size, block_k): per tensor over several K steps; groups of whole
+# steps, one or several steps each; groups below the K granule sharing a
+# step (masked); a group size padded per group in the wrapper.
+TERNARY_PLANS = [(None, 128), (128, None), (256, 128), (32, None), (100, None)]
+
+
+@pytest.mark.parametrize("group_size,block_k", TERNARY_PLANS,
+                         ids=["tensor", "g128", "g256_2steps", "g32_shared", "g100_padded"])
+@pytest.mark.parametrize("backend", LAYOUTS)
+def test_ternary_int8_layouts_match_reference_bitwise(backend, group_size, block_k):
+  rng = np.random.default_rng(12)
+  x, w = _int8(rng, (LM, LK)), _ternary(rng, (LK, LN))
+  packed = lb.pack_ternary(w)
+  groups = 1 if group_size is None else -(-LK // group_size)
+  scale = jnp.asarray(2.0 ** rng.integers(-3, 4, (groups, LN)), jnp.float32)
+  if group_size is None:
+    scale = scale[0, 0]
+  xs = jnp.asarray(rng.uniform(0.01, 0.1, LM), jnp.float32)
+  kwargs = dict(k=LK, group_size=group_size, x_scale=xs)
+  out = lb.ternary_matmul_interpreted_as(backend, x, packed, scale, block_n=128,
+                                         block_k=block_k, **kwargs)
+  ref = lb.ternary_matmul_reference(x, packed, scale, **kwargs)
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
+
+
+@pytest.mark.parametrize("dtype,group_size", [(jnp.bfloat16, None), (jnp.float32, 64)])
+@pytest.mark.parametrize("backend", LAYOUTS)
+def test_ternary_float_layouts_match_reference(backend, dtype, group_size):
+  rng = np.random.default_rng(13)
+  x = jnp.asarray(rng.standard_normal((LM, LK)), dtype)
+  packed = lb.pack_ternary(_ternary(rng, (LK, LN)))
+  scale = (jnp.float32(0.05) if group_size is None else jnp.asarray(
+      rng.uniform(0.01, 0.1, (-(-LK // group_size), LN)), jnp.float32))
+  kwargs = dict(k=LK, group_size=group_size)
+  out = lb.ternary_matmul_interpreted_as(backend, x, packed, scale,
+                                         out_dtype=jnp.bfloat16, block_k=128, **kwargs)
+  ref = lb.ternary_matmul_reference(x, packed, scale, out_dtype=jnp.bfloat16, **kwargs)
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref, np.float32),
+                             rtol=1e-2, atol=1e-2)
