@@ -24,6 +24,15 @@ an implementation from ``BACKENDS``:
   back to ``jax.nn.dot_product_attention``'s XLA path with a warning logged
   once (documented fallback, so one gin file runs everywhere). Segment ids,
   ALiBi and the per-key bias are turned into a dense mask and bias for it.
+``splash``
+  JAX's TPU splash-attention kernel
+  (``jax.experimental.pallas.ops.tpu.splash_attention``): flash attention
+  that skips fully masked tiles of its static (full or causal) mask. It
+  takes segment ids and causality only; ALiBi, a dense ``bias``, a
+  ``key_bias``, a dense ``mask`` and dropout raise a ``ValueError`` pointing
+  to ``pallas``/``xla``. TPU only (a GPU is refused); on CPU it runs in
+  Pallas interpret mode for tests. Lengths are padded to whole 128-token
+  tiles internally.
 
 Shapes: queries ``[batch, q_len, heads, head_dim]``, keys and values
 ``[batch, kv_len, heads, head_dim]``. Segment id 0 marks padding: a padding
@@ -154,10 +163,131 @@ def _cudnn_attention(query, key, value, *, structure, dropout_rng, dropout_rate,
   return jnp.where(jnp.transpose(visible, (0, 2, 1))[..., None], out, 0.0).astype(dtype)
 
 
+# Splash works on whole tiles of 128 tokens (the TPU lane width): lengths are
+# padded to a multiple of this and each block is the largest of
+# ``_SPLASH_BLOCKS`` that divides the padded length.
+_SPLASH_TILE = 128
+_SPLASH_BLOCKS = (512, 256, 128)
+# Stand-in segment ids for padding. Splash lets equal ids see each other, so
+# id 0 on both sides would let padding queries read padding keys; giving
+# query-side and key-side padding two different ids no real segment uses
+# makes padding see nothing and be seen by nothing, as in the other backends.
+_SPLASH_Q_PAD = -(2**31)
+_SPLASH_KV_PAD = -(2**31) + 1
+# What splash cannot express -> why it matters, for the refusal message.
+_SPLASH_UNSUPPORTED = {
+    "alibi_slopes": "ALiBi (position_scheme='alibi')",
+    "bias": "a dense additive bias (e.g. T5's relative position bias)",
+    "key_bias": "a per-key bias (e.g. MrT5's delete gate)",
+    "mask": "a dense boolean mask",
+}
+
+
+def _splash_visible_rows(q_seg: jax.Array, kv_seg: jax.Array, causal: bool) -> jax.Array:
+  """Whether each query ``[batch, q_len]`` has at least one visible key.
+
+  Splash gives a query with no visible key an average of the values rather
+  than zeros, so the wrapper zeroes those rows itself. A query is visible
+  when its id is non-zero and occurs among the keys (with causality: at or
+  before its own index). Found by sorting the key ids and binary-searching
+  each query id, so no ``q_len x kv_len`` array is built; a stable sort puts
+  the first occurrence of each id first, which is what causality needs.
+  """
+  def one_row(q_ids, kv_ids):
+    order = jnp.argsort(kv_ids, stable=True)
+    ordered = kv_ids[order]
+    at = jnp.clip(jnp.searchsorted(ordered, q_ids, side="left"), 0, kv_ids.shape[0] - 1)
+    found = (ordered[at] == q_ids) & (q_ids != 0)
+    if causal:
+      found &= order[at] <= jnp.arange(q_ids.shape[0])
+    return found
+
+  return jax.vmap(one_row)(q_seg, kv_seg)
+
+
+def _splash_block(length: int) -> int:
+  return next(b for b in _SPLASH_BLOCKS if length % b == 0)
+
+
+def _splash_attention(query, key, value, *, structure, dropout_rng, dropout_rate, deterministic,
+                      dtype, scale) -> jax.Array:
+  """JAX's TPU splash-attention kernel, with this module's visibility semantics.
+
+  Splash (``jax.experimental.pallas.ops.tpu.splash_attention``) is a TPU
+  flash-attention kernel that skips fully masked tiles of a static mask
+  (here full or causal) and applies segment ids in the kernel. It never
+  scales the queries, has unbatched ``[heads, len, head_dim]`` inputs and
+  needs lengths in whole 128-token tiles, so this wrapper scales ``q``, maps
+  the kernel over the batch, pads lengths with padding segment ids and
+  zeroes the rows of queries that see no key. It lowers through Mosaic on
+  TPU and runs in Pallas interpret mode on CPU (for tests); GPUs have no
+  such kernel and are refused.
+  """
+  del dropout_rng
+  from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+  _no_dropout("splash", dropout_rate, deterministic)
+  for name, what in _SPLASH_UNSUPPORTED.items():
+    if structure[name] is not None:
+      raise ValueError(f"The 'splash' attention backend cannot apply {what} ({name} was given); "
+                       "use attention_backend='pallas' or 'xla'.")
+  if jax.default_backend() == "gpu":
+    raise ValueError("attention_backend='splash' is JAX's TPU-only splash-attention kernel and "
+                     "cannot run on a GPU; use 'pallas' or 'cudnn' there.")
+  causal = bool(structure["causal"])
+  batch, q_len, heads, _ = query.shape
+  kv_len = key.shape[1]
+  q_pad = -(-q_len // _SPLASH_TILE) * _SPLASH_TILE
+  kv_pad = -(-kv_len // _SPLASH_TILE) * _SPLASH_TILE
+  q_seg, kv_seg = structure["q_segment_ids"], structure["kv_segment_ids"]
+  has_segments = q_seg is not None
+  if has_segments:
+    q_seg = jnp.where(q_seg == 0, _SPLASH_Q_PAD, q_seg.astype(jnp.int32))
+    kv_seg = jnp.where(kv_seg == 0, _SPLASH_KV_PAD, kv_seg.astype(jnp.int32))
+  elif (q_pad, kv_pad) != (q_len, kv_len):
+    q_seg = jnp.ones((batch, q_len), jnp.int32)
+    kv_seg = jnp.ones((batch, kv_len), jnp.int32)
+  if q_seg is not None:
+    q_seg = jnp.pad(q_seg, ((0, 0), (0, q_pad - q_len)), constant_values=_SPLASH_Q_PAD)
+    kv_seg = jnp.pad(kv_seg, ((0, 0), (0, kv_pad - kv_len)), constant_values=_SPLASH_KV_PAD)
+
+  def heads_major(x, length):  # [batch, len, heads, d] -> [batch, heads, padded len, d]
+    x = jnp.transpose(jnp.asarray(x, dtype), (0, 2, 1, 3))
+    return jnp.pad(x, ((0, 0), (0, 0), (0, length - x.shape[2]), (0, 0)))
+
+  q = heads_major(jnp.asarray(query, dtype) * jnp.asarray(scale, dtype), q_pad)
+  k, v = heads_major(key, kv_pad), heads_major(value, kv_pad)
+  shape = (q_pad, kv_pad)
+  head_mask = splash.CausalMask(shape) if causal else splash.FullMask(shape)
+  bq, bkv = _splash_block(q_pad), _splash_block(kv_pad)
+  blocks = splash.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv, block_q_dkv=bq,
+                             block_kv_dkv=bkv, block_kv_dkv_compute=bkv, block_q_dq=bq,
+                             block_kv_dq=bkv)
+
+  def run(interpret):
+    kernel = splash.make_splash_mha(splash.MultiHeadMask([head_mask] * heads),
+                                    block_sizes=blocks, head_shards=1, q_seq_shards=1,
+                                    interpret=interpret)
+    if q_seg is None:
+      return lambda q, k, v: jax.vmap(kernel)(q, k, v)
+    return lambda q, k, v, qs, ks: jax.vmap(
+        lambda *a: kernel(*a[:3], segment_ids=splash.SegmentIds(*a[3:])))(q, k, v, qs, ks)
+
+  args = (q, k, v) if q_seg is None else (q, k, v, q_seg, kv_seg)
+  # Mosaic on TPU, interpret mode on CPU; chosen for the platform lowered for.
+  out = jax.lax.platform_dependent(*args, cpu=run(True), tpu=run(False))
+  out = jnp.transpose(out[:, :, :q_len], (0, 2, 1, 3))
+  if has_segments:
+    visible = _splash_visible_rows(structure["q_segment_ids"], structure["kv_segment_ids"], causal)
+    out = jnp.where(visible[:, :, None, None], out, jnp.zeros((), out.dtype))
+  return out.astype(dtype)
+
+
 BACKENDS: dict[str, AttentionFn] = {
     "xla": _xla_attention,
     "pallas": _pallas_attention,
     "cudnn": _cudnn_attention,
+    "splash": _splash_attention,
 }
 
 
@@ -198,8 +328,8 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
     dropout_rng: Key for dropout on the attention probabilities.
     dropout_rate: Probability of dropping an attention weight (``xla`` only).
     deterministic: Disables dropout when ``True``.
-    backend: ``xla``, ``pallas`` or ``cudnn`` (see the module docstring), or
-      any name added to ``BACKENDS``.
+    backend: ``xla``, ``pallas``, ``cudnn`` or ``splash`` (see the module
+      docstring), or any name added to ``BACKENDS``.
     dtype: Compute and output dtype; defaults to ``query.dtype``. Logits and
       softmax are always float32.
     scale: Factor on the logits; ``None`` means ``1/sqrt(head_dim)``. T5
@@ -210,7 +340,9 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
 
   Raises:
     ValueError: For an unknown backend, inconsistent shapes, or a feature the
-      chosen backend lacks (dropout or a dense mask with ``pallas``).
+      chosen backend lacks (dropout or a dense mask with ``pallas``; those
+      and ALiBi, ``bias`` or ``key_bias`` with ``splash``, or ``splash`` on a
+      GPU).
   """
   if backend not in BACKENDS:
     raise ValueError(f"Unknown attention backend {backend!r}; known backends: {sorted(BACKENDS)}.")

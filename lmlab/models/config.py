@@ -17,7 +17,7 @@ MLP_ACTIVATIONS = ("gelu", "relu", "silu", "gated_gelu", "gated_silu")
 NORM_TYPES = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("post", "pre")
 POSITION_SCHEMES = ("learned", "rope", "alibi")
-ATTENTION_BACKENDS = ("xla", "pallas", "cudnn")
+ATTENTION_BACKENDS = ("xla", "pallas", "cudnn", "splash")
 DTYPES = ("float32", "bfloat16", "float16")
 # Token-mixing sub-layer of an encoder block: self-attention + MLP (BERT) or
 # the attention-free bidirectional gated SSM block of BiGS.
@@ -95,8 +95,10 @@ class EncoderConfig(_NetworkConfig):
     dtype: Compute/activation dtype.
     param_dtype: Storage dtype of parameters.
     attention_backend: ``xla`` (reference), ``pallas`` (flash-attention
-      kernel, memory linear in length, no attention dropout) or ``cudnn``
-      (``jax.nn.dot_product_attention`` on GPU); see ``lmlab.models.attention``.
+      kernel, memory linear in length, no attention dropout), ``cudnn``
+      (``jax.nn.dot_product_attention`` on GPU) or ``splash`` (JAX's TPU
+      splash-attention kernel: no attention dropout and no ALiBi, which is
+      refused here); see ``lmlab.models.attention``.
     initializer_range: Standard deviation of the truncated-normal init.
     pad_id: Token id of padding; positions holding it are never attended to
       when no segment ids are given.
@@ -184,6 +186,11 @@ class EncoderConfig(_NetworkConfig):
       raise ValueError(
           f"EncoderConfig.d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
           "set head_dim explicitly or choose a divisible width.")
+    if (self.mixer == "attention" and self.attention_backend == "splash"
+        and self.position_scheme == "alibi"):
+      raise ValueError("EncoderConfig.attention_backend='splash' cannot apply ALiBi "
+                       "(position_scheme='alibi'): the splash kernel has no additive biases. "
+                       "Use attention_backend='pallas' (in-kernel ALiBi) or 'xla'.")
     if self.position_scheme == "rope" and self.resolved_head_dim % 2:
       raise ValueError(f"RoPE needs an even head_dim, got {self.resolved_head_dim}.")
 
@@ -240,6 +247,8 @@ class T5Config(_NetworkConfig):
     attention_backend: ``xla``, ``pallas`` or ``cudnn`` (see
       ``lmlab.models.attention``); ``pallas`` and ``cudnn`` need
       ``dropout_rate=0`` in training since T5 drops attention weights too.
+      ``splash`` is refused: T5's self-attention adds a relative position
+      bias (and MrT5's gate a per-key bias), which that kernel cannot apply.
     pad_id: Padding id (also the decoder start token).
     eos_id: End-of-sequence id.
     remat_policy: Rematerialisation of each block (see ``REMAT_POLICIES``).
@@ -303,6 +312,13 @@ class T5Config(_NetworkConfig):
     if min(self.d_model, self.num_heads, self.head_dim, self.d_ff, self.num_encoder_layers,
            self.num_decoder_layers) < 1:
       raise ValueError("T5Config sizes (d_model, num_heads, head_dim, d_ff, layer counts) must be >= 1.")
+    if self.attention_backend == "splash":
+      gate = (" and MrT5's delete gate (delete_gate_layer) a per-key bias"
+              if self.delete_gate_layer is not None else "")
+      raise ValueError(
+          "T5Config.attention_backend='splash' is not supported: T5's self-attention adds a "
+          f"dense relative position bias{gate}, which the splash kernel cannot apply. Use "
+          "attention_backend='pallas' (flash attention with in-kernel biases) or 'xla'.")
     if self.delete_gate_layer is not None:
       if not 0 <= self.delete_gate_layer < self.num_encoder_layers:
         raise ValueError(
