@@ -23,7 +23,7 @@ GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin"
 MODEL_FILES = sorted((GIN_DIR / "models").glob("*.gin"))
 RUN_FILES = sorted((GIN_DIR / "runs").glob("*.gin"))
 OTHER_FILES = sorted((GIN_DIR / "optimizers").glob("*.gin")) + sorted(
-    (GIN_DIR / "partitioning").glob("*.gin"))
+    (GIN_DIR / "partitioning").glob("*.gin")) + sorted((GIN_DIR / "precision").glob("*.gin"))
 
 
 def _is_t5(path: pathlib.Path) -> bool:
