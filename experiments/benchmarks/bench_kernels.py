@@ -30,7 +30,7 @@ Four tables, all measured in one run so that ratios compare like with like:
    each: bfloat16 ``jnp.dot`` vs the Pallas kernel decoding the packed
    weights in-kernel.
 
-On a GPU the defaults are the issue's sizes (``L`` 512..8192, head dims 64
+On a GPU the defaults are the issue's sizes (``L`` 512..16384, head dims 64
 and 128, squares 4096 and 8192). On CPU, Pallas runs in interpret mode, so
 the defaults shrink to tiny sizes and the times only prove the code paths
 run (interpret mode is an emulator, not a kernel); the memory table still
@@ -88,7 +88,8 @@ class Sizes:
       return cls(lengths=(128, 256), memory_lengths=(512, 1024, 2048, 4096), head_dims=(64,),
                  batch=1, heads=2, squares=(256,), ternary_shape=(512, 512), matvec_rows=1,
                  warmup=1, steps=1, repeats=1)
-    return cls(lengths=(512, 1024, 2048, 4096, 8192), memory_lengths=(512, 1024, 2048, 4096, 8192),
+    return cls(lengths=(512, 1024, 2048, 4096, 8192, 16384),
+               memory_lengths=(512, 1024, 2048, 4096, 8192),
                head_dims=(64, 128), batch=2, heads=16, squares=(4096, 8192),
                ternary_shape=(8192, 8192), matvec_rows=1, warmup=3, steps=10, repeats=5)
 
@@ -187,6 +188,21 @@ def format_attention_times(rows: list[dict]) -> list[str]:
   return lines
 
 
+def markdown_attention_times(rows: list[dict]) -> list[str]:
+  lines = ["| L | head dim | backend | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s | "
+           "vs xla | vs cudnn |", "|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+  by_key = {(r["L"], r["d"], r["backend"]): r for r in rows}
+  cell = lambda text: text.strip() or "--"
+  for r in rows:
+    xla = by_key.get((r["L"], r["d"], "xla"), {}).get("fwd_bwd")
+    cudnn = by_key.get((r["L"], r["d"], "cudnn"), {}).get("fwd_bwd")
+    lines.append(f"| {r['L']} | {r['d']} | {r['backend']} | {cell(_ms(r['fwd']))} | "
+                 f"{cell(_tf(r['fwd_tflops']))} | {cell(_ms(r['fwd_bwd']))} | "
+                 f"{cell(_tf(r['fwd_bwd_tflops']))} | {cell(_ratio(xla, r['fwd_bwd']))} | "
+                 f"{cell(_ratio(cudnn, r['fwd_bwd']))} |")
+  return lines
+
+
 def temp_bytes(backend: str, sizes: Sizes, length: int, head_dim: int, causal: bool) -> Optional[int]:
   """Temporary bytes XLA plans for one forward+backward call (compilation only)."""
   shape = jax.ShapeDtypeStruct((sizes.batch, length, sizes.heads, head_dim), jnp.bfloat16)
@@ -217,9 +233,13 @@ def format_attention_memory(sizes: Sizes, head_dim: int, causal: bool) -> list[s
 # ---------------------------------------------------------------------------
 
 
-def matmul_rows(sizes: Sizes) -> list[str]:
+def matmul_rows(sizes: Sizes, markdown: Optional[list[str]] = None) -> list[str]:
+  """Text table of the int8 vs bf16 squares; appends its markdown twin to ``markdown``."""
   lines = [f"{'N':>6} {'bf16 ms':>9} {'TFLOP/s':>8} {'int8 pallas ms':>14} {'TOP/s':>8} "
            f"{'vs bf16':>8} {'int8 xla ms':>11} {'TOP/s':>8}"]
+  if markdown is not None:
+    markdown += ["| N | bf16 ms | bf16 TFLOP/s | int8 Pallas ms | int8 TOP/s | vs bf16 | "
+                 "int8 XLA ms | int8 XLA TOP/s |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
   for n in sizes.squares:
     kx, kw = jax.random.split(jax.random.PRNGKey(n))
     x = jax.random.normal(kx, (n, n), jnp.float32)
@@ -237,10 +257,15 @@ def matmul_rows(sizes: Sizes) -> list[str]:
     rate = lambda s: flops / s / 1e12 if s else None
     lines.append(f"{n:>6} {_ms(bf16):>9} {_tf(rate(bf16))} {_ms(int8):>14} {_tf(rate(int8))} "
                  f"{_ratio(bf16, int8):>8} {_ms(xla_int8):>11} {_tf(rate(xla_int8))}")
+    if markdown is not None:
+      cells = (_ms(bf16), _tf(rate(bf16)), _ms(int8), _tf(rate(int8)), _ratio(bf16, int8),
+               _ms(xla_int8), _tf(rate(xla_int8)))
+      markdown.append(f"| {n} | " + " | ".join(c.strip() or "--" for c in cells) + " |")
   return lines
 
 
-def ternary_rows(sizes: Sizes) -> list[str]:
+def ternary_rows(sizes: Sizes, markdown: Optional[list[str]] = None) -> list[str]:
+  """Text table of packed ternary vs bf16 weights; appends its markdown twin to ``markdown``."""
   k, n = sizes.ternary_shape
   m = sizes.matvec_rows
   kx, kw = jax.random.split(jax.random.PRNGKey(k + n))
@@ -254,6 +279,11 @@ def ternary_rows(sizes: Sizes) -> list[str]:
   bf16 = _timed(_compile(jnp.dot, x, wb), (x, wb), sizes)
   ternary_fn = functools.partial(lowbit.ternary_matmul, k=k, out_dtype=jnp.bfloat16)
   ternary = _timed(_compile(ternary_fn, x, packed, w_scale), (x, packed, w_scale), sizes)
+  if markdown is not None:
+    markdown += [f"| weight {k} x {n}, activations [{m}, {k}] bf16 | weight bytes | matvec ms |",
+                 "|---|---:|---:|", f"| bfloat16 | {bf16_bytes:,} | {_ms(bf16).strip()} |",
+                 f"| ternary 2-bit (Pallas) | {packed_bytes:,} | {_ms(ternary).strip()} |",
+                 f"| ratio | {bf16_bytes / packed_bytes:.1f}x | {_ratio(bf16, ternary).strip()} |"]
   return [f"weight {k} x {n}, activations [{m}, {k}] bfloat16",
           f"{'':>14} {'weight bytes':>14} {'matvec ms':>10}",
           f"{'bfloat16':>14} {bf16_bytes:>14,} {_ms(bf16)}",
@@ -284,6 +314,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser.add_argument("--skip", type=lambda s: set(s.split(",")), default=set(),
                       help="tables to skip: time,memory,int8,ternary")
   parser.add_argument("--repeats", type=int)
+  parser.add_argument("--markdown", default=None,
+                      help="also write the time, int8 and ternary tables as markdown here")
   return parser.parse_args(argv)
 
 
@@ -304,20 +336,33 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print("CPU: Pallas kernels run in interpret mode (an emulator); the times below only show "
           "that every path runs, not kernel speed.")
   mask = "causal" if args.causal else "bidirectional"
+  md: list[str] = []
+
+  def write_markdown(title: str, lines: list[str]) -> None:
+    md.extend(["", f"### {title}", "", *lines])
+    if args.markdown:  # rewritten after every table, so a cut-off run keeps what it measured
+      pathlib.Path(args.markdown).write_text("\n".join(md) + "\n")
+
   if "time" not in args.skip:
-    print(f"\n== attention time: bfloat16, {mask}, batch {sizes.batch} x heads {sizes.heads} ==")
+    title = f"attention time: bfloat16, {mask}, batch {sizes.batch} x heads {sizes.heads}"
+    print(f"\n== {title} ==")
     rows = attention_time_rows(sizes, args.causal, args.backends)
     print("\n".join(format_attention_times(rows)))
+    write_markdown(title, markdown_attention_times(rows))
   if "memory" not in args.skip:
     head_dim = max(sizes.head_dims)
     print(f"\n== attention memory: forward+backward temporaries (compiled), head_dim {head_dim} ==")
     print("\n".join(format_attention_memory(sizes, head_dim, args.causal)))
   if "int8" not in args.skip:
     print("\n== int8 (W8A8, Pallas) vs bfloat16 matmul, N x N x N ==")
-    print("\n".join(matmul_rows(sizes)))
+    table: list[str] = []
+    print("\n".join(matmul_rows(sizes, table)))
+    write_markdown("int8 (W8A8, Pallas) vs bfloat16 matmul, N x N x N", table)
   if "ternary" not in args.skip:
     print("\n== packed ternary vs bfloat16 weights: bytes and matrix-vector time ==")
-    print("\n".join(ternary_rows(sizes)))
+    table = []
+    print("\n".join(ternary_rows(sizes, table)))
+    write_markdown("packed ternary vs bfloat16 weights: bytes and matrix-vector time", table)
 
 
 if __name__ == "__main__":
