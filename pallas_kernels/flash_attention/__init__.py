@@ -33,9 +33,9 @@ kv_len, heads, head_dim]``; float32 or bfloat16 (float16 works too). Logits,
 softmax statistics and all accumulators are float32; the probabilities are
 cast to the input dtype for the ``p @ v`` product, as in FlashAttention-2.
 Lengths need not be multiples of the blocks: inputs are padded to whole
-blocks and padded keys are masked by index. Head dims 64 and 128 run as
-they are; any other head dim (up to 256) is zero-padded to the next power of
-two, which leaves the logits and the kept output columns unchanged.
+blocks and padded keys are masked by index. Head dims up to 256 are
+accepted; ones a backend cannot tile directly are zero-padded (see
+Platforms), which leaves the logits and the kept output columns unchanged.
 
 Platforms: each kernel is built once per Pallas backend and
 ``jax.lax.platform_dependent`` picks one when the computation is lowered
@@ -47,8 +47,9 @@ be cross-lowered from a CPU host, everywhere:
   choosing Mosaic GPU). q/k/v keep the caller's ``[batch, len, heads,
   head_dim]`` layout (a ``None`` heads block axis, no transposes); segment
   ids, positions and ``lse`` are one-lane columns ``[.., len, 1]``, per-key
-  values one-row ``[batch, 1, len]``. Blocks are powers of two >= 16;
-  default ``DEFAULT_BLOCKS["gpu"]``.
+  values one-row ``[batch, 1, len]``. Blocks are powers of two >= 16; head
+  dims other than 64 and 128 are padded to the next power of two; default
+  ``DEFAULT_BLOCKS["gpu"]``.
 * TPU: Mosaic. q/k/v are transposed to heads-major ``[batch, heads, len,
   head_dim]`` so every block's last two dims are (sublane, lane) legal;
   per-query values (segment ids, ALiBi positions, ``lse``, ``delta``) are
@@ -57,7 +58,10 @@ be cross-lowered from a CPU host, everywhere:
   len]``; ALiBi slopes sit in SMEM; softmax statistics are ``[block_q, 128]``
   lane-replicated. Blocks are at least 128 (powers of two, so multiples of
   128); head dims other than 64 are zero-padded to a multiple of 128;
-  default ``DEFAULT_BLOCKS["tpu"]``.
+  default ``DEFAULT_BLOCKS["tpu"]``. As on GPU, a program holds its head's
+  whole key/value (dk/dv: query) sequence in VMEM and loops over it, so very
+  long sequences (or a dense bias, whose dk/dv block is ``[q_len,
+  block_k]``) may need a raised ``vmem_limit_bytes``.
 * CPU: no Pallas compiler; the GPU layout runs in interpret mode (also
   chosen everywhere by ``interpret=True``), which is how the tests check the
   kernels against :func:`attention_reference`. Default ``DEFAULT_BLOCKS["cpu"]``.
