@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pallas_kernels import _tiling
 from pallas_kernels import flash_attention as fa
 
 
@@ -51,10 +52,13 @@ def _grads(fn, q, k, v, extra, cotangent):
     out = fn(q, k, v, **{**extra, **floats})
     return jnp.sum(out.astype(jnp.float32) * cotangent)
 
-  floats = {n: extra[n] for n in float_names}
-  out = fn(q, k, v, **extra)
-  grads = jax.grad(loss, argnums=(0, 1, 2, 3))(q, k, v, floats)
-  return out, grads
+  def run(q, k, v, floats):
+    # One jitted program: interpret-mode kernels run far faster compiled
+    # whole than op by op.
+    return fn(q, k, v, **{**extra, **floats}), jax.grad(loss, argnums=(0, 1, 2, 3))(q, k, v,
+                                                                                   floats)
+
+  return jax.jit(run)(q, k, v, {n: extra[n] for n in float_names})
 
 
 def _assert_close(got, want, tol, what):
@@ -66,10 +70,16 @@ def _assert_close(got, want, tol, what):
   assert err <= tol, f"{what}: max error {err:.3g} (relative to {scale:.3g}) > {tol}"
 
 
-def _assert_matches_reference(q, k, v, tol, block_q=None, block_k=None, **extra):
-  """Asserts flash output and every gradient equal the jnp reference within ``tol``."""
+def _assert_matches_reference(q, k, v, tol, block_q=None, block_k=None, backend=None, **extra):
+  """Asserts flash output and every gradient equal the jnp reference within ``tol``.
+
+  ``backend``: run that backend's variant (layout and blocks) in interpret
+  mode instead of the public entry point.
+  """
   cot = jax.random.normal(jax.random.PRNGKey(7), q.shape, jnp.float32)
   flash = functools.partial(fa.flash_attention, block_q=block_q, block_k=block_k)
+  if backend is not None:
+    flash = functools.partial(fa.interpret_variant, backend, block_q=block_q, block_k=block_k)
   out, grads = _grads(flash, q, k, v, extra, cot)
   ref_out, ref_grads = _grads(fa.attention_reference, q, k, v, extra, cot)
   _assert_close(out, ref_out, tol, "output")
@@ -165,6 +175,30 @@ def test_fully_masked_rows_give_zero_output_and_gradients():
   np.testing.assert_array_equal(np.asarray(grads[1])[0, 50:], 0.0)  # dk of padded keys
   np.testing.assert_array_equal(np.asarray(grads[2])[0, 50:], 0.0)  # dv of padded keys
   assert np.any(np.asarray(out)[0, :50] != 0.0)
+
+
+def test_tpu_layout_with_every_option_matches_reference():
+  """The Mosaic variant's indexing, run in interpret mode: heads-major q/k/v,
+  128-lane query columns tiled to a 256-wide key block, 8-sublane key rows,
+  SMEM slopes, 128-lane statistics cut to a 64-wide head. (The Triton variant
+  shares the interpret layout, which every other test here checks.)"""
+  rng = np.random.default_rng(2)
+  seg_q, pos_q = _packed_segments(200, 2, rng)
+  seg_k, pos_k = _packed_segments(300, 2, rng)
+  q, k, v = _qkv(jax.random.PRNGKey(13), 2, 200, 300, 2, 64, jnp.float32)
+  bias = jax.random.normal(jax.random.PRNGKey(14), (1, 2, 200, 300))
+  key_bias = jax.random.normal(jax.random.PRNGKey(15), (2, 300))
+  _assert_matches_reference(q, k, v, _TOL[jnp.float32], block_k=256, backend=_tiling.MOSAIC_TPU,
+                            causal=True, q_segment_ids=seg_q, kv_segment_ids=seg_k,
+                            q_positions=pos_q, kv_positions=pos_k,
+                            alibi_slopes=jnp.asarray([0.5, 0.125], jnp.float32), bias=bias,
+                            key_bias=key_bias)
+
+
+def test_tpu_layout_pads_odd_head_dims_in_bfloat16():
+  q, k, v = _qkv(jax.random.PRNGKey(16), 1, 130, 150, 2, 80, jnp.bfloat16)
+  _assert_matches_reference(q, k, v, _TOL[jnp.bfloat16], backend=_tiling.MOSAIC_TPU,
+                            causal=True, key_bias=jnp.zeros((1, 150), jnp.bfloat16))
 
 
 def test_jit_and_default_blocks_agree_with_explicit_blocks():
