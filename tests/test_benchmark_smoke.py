@@ -159,3 +159,21 @@ def test_flash_memory_grows_linearly_and_xla_quadratically(kernels_bench):
     per_token[backend] = large / small
   assert per_token["pallas"] < 1.2  # flat bytes per token: linear in L
   assert per_token["xla"] > 2.5     # the L x L scores: quadratic
+
+
+@pytest.mark.slow  # ~1 minute: every table of the accelerator suite at tiny sizes
+def test_accelerator_suite_writes_one_report(tmp_path):
+  import os
+  import subprocess
+  script = BENCHMARKS / "accelerator_suite.sh"
+  env = dict(os.environ, PYTHON=sys.executable, JAX_PLATFORMS="cpu")
+  proc = subprocess.run([str(script), "--smoke", str(tmp_path)], capture_output=True, text=True,
+                        env=env, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  report = (tmp_path / "accelerator_suite.md").read_text()
+  for title in ("attention time", "int8 (W8A8, Pallas)", "packed ternary", "Training steps"):
+    assert title in report, report
+  assert "failed" not in report, report
+  # Every backend of both models produced a timed row with model TFLOP/s.
+  model_rows = [line for line in report.splitlines() if line.startswith(("| BERT", "| T5"))]
+  assert len(model_rows) == 5, model_rows

@@ -142,7 +142,9 @@ def attention_flops(sizes: Sizes, length: int, head_dim: int, causal: bool) -> f
   return forward / 2 if causal else forward
 
 
-def attention_time_rows(sizes: Sizes, causal: bool, backends: Sequence[str]) -> list[dict]:
+def attention_time_rows(sizes: Sizes, causal: bool, backends: Sequence[str],
+                        on_row: Optional[Callable[[list[dict]], None]] = None) -> list[dict]:
+  """Times every (head dim, length, backend); ``on_row(rows so far)`` after each one."""
   rows = []
   for head_dim in sizes.head_dims:
     for length in sizes.lengths:
@@ -160,6 +162,8 @@ def attention_time_rows(sizes: Sizes, causal: bool, backends: Sequence[str]) -> 
         row["fwd_tflops"] = flops / row["fwd"] / 1e12 if row["fwd"] else None
         row["fwd_bwd_tflops"] = 3.5 * flops / row["fwd_bwd"] / 1e12 if row["fwd_bwd"] else None
         rows.append(row)
+        if on_row is not None:
+          on_row(rows)
   return rows
 
 
@@ -338,15 +342,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   mask = "causal" if args.causal else "bidirectional"
   md: list[str] = []
 
-  def write_markdown(title: str, lines: list[str]) -> None:
-    md.extend(["", f"### {title}", "", *lines])
-    if args.markdown:  # rewritten after every table, so a cut-off run keeps what it measured
-      pathlib.Path(args.markdown).write_text("\n".join(md) + "\n")
+  def write_markdown(title: str, lines: list[str], partial: bool = False) -> None:
+    section = ["", f"### {title}", "", *lines]
+    if args.markdown:  # rewritten as rows come in, so a cut-off run keeps what it measured
+      pathlib.Path(args.markdown).write_text("\n".join(md + section) + "\n")
+    if not partial:
+      md.extend(section)
 
   if "time" not in args.skip:
     title = f"attention time: bfloat16, {mask}, batch {sizes.batch} x heads {sizes.heads}"
     print(f"\n== {title} ==")
-    rows = attention_time_rows(sizes, args.causal, args.backends)
+    rows = attention_time_rows(
+        sizes, args.causal, args.backends,
+        on_row=lambda done: write_markdown(title, markdown_attention_times(done), partial=True))
     print("\n".join(format_attention_times(rows)))
     write_markdown(title, markdown_attention_times(rows))
   if "memory" not in args.skip:
