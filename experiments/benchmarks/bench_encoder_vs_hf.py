@@ -34,7 +34,7 @@ from lmlab.wrappers.masked_lm import MaskedLMModel
 from lmlab.models import EncoderConfig
 from lmlab.training.optimizers import OptimizerConfig, make_optimizer, make_schedule
 from lmlab.training.trainer import create_train_state, make_train_step
-from timing import time_steps  # sibling module: experiments/benchmarks/timing.py
+from timing import time_interleaved  # sibling module: experiments/benchmarks/timing.py
 
 MASK_RATE = 0.15
 
@@ -133,13 +133,12 @@ def hf_runner(cfg: BenchConfig):
 
 def run(cfg: BenchConfig, warmup: int, steps: int, repeats: int) -> dict:
   tokens = cfg.batch_size * cfg.sequence_length
-  results = {}
   full_step, lmlab_params, _ = lmlab_runner(cfg, None)
-  results["lmlab full head"] = tokens / time_steps(full_step, warmup, steps, repeats)
   gathered_step, _, _ = lmlab_runner(cfg, 0.2)
-  results["lmlab gathered head"] = tokens / time_steps(gathered_step, warmup, steps, repeats)
   hf_step, hf_params = hf_runner(cfg)
-  results["HF BertForMaskedLM"] = tokens / time_steps(hf_step, warmup, steps, repeats)
+  seconds = time_interleaved({"lmlab full head": full_step, "lmlab gathered head": gathered_step,
+                              "HF BertForMaskedLM": hf_step}, warmup, steps, repeats)
+  results = {system: tokens / step_seconds for system, step_seconds in seconds.items()}
   if lmlab_params != hf_params:
     raise AssertionError(f"Parameter counts differ: lmlab {lmlab_params:,} vs HF {hf_params:,}.")
   hf = results["HF BertForMaskedLM"]

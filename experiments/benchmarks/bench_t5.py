@@ -55,7 +55,7 @@ from lmlab.models.byte_level import keep_tokens
 from lmlab.models.config import T5Config
 from lmlab.training.optimizers import OptimizerConfig, make_optimizer, make_schedule
 from lmlab.training.trainer import create_train_state, make_train_step
-from timing import time_steps  # sibling module: experiments/benchmarks/timing.py
+from timing import time_interleaved, time_steps  # sibling module: experiments/benchmarks/timing.py
 
 # Shared by both sides of the training comparison.
 LEARNING_RATE, BETAS, EPS, WEIGHT_DECAY, CLIP_NORM = 1e-4, (0.9, 0.999), 1e-8, 0.01, 1.0
@@ -196,8 +196,7 @@ def train_table(cfg: TrainBench, warmup: int, steps: int, repeats: int, threads:
                 with_hf: bool) -> dict[str, float]:
   tokens = cfg.tokens_per_step
   step, lmlab_params, lmlab_holder = lmlab_train_runner(cfg)
-  results = {"lmlab EncoderDecoderModel": tokens / time_steps(step, warmup, steps, repeats)}
-  losses = [lmlab_holder["loss"]]
+  systems = {"lmlab EncoderDecoderModel": step}
   header = (f"\n[train] T5 v1.1: {cfg.num_layers}+{cfg.num_layers} layers, d_model {cfg.d_model}, "
             f"d_ff {cfg.d_ff}, {cfg.num_heads}x{cfg.head_dim} heads, vocab {cfg.vocab_size}, batch "
             f"{cfg.batch_size} x ({cfg.inputs_length} inputs + {cfg.targets_length} targets), AdamW, "
@@ -205,7 +204,12 @@ def train_table(cfg: TrainBench, warmup: int, steps: int, repeats: int, threads:
   if with_hf:
     hf_step, hf_params, hf_holder, attention = hf_train_runner(cfg, threads)
     name = f"HF T5 ({attention})"
-    results[name] = tokens / time_steps(hf_step, warmup, steps, repeats)
+    systems[name] = hf_step
+  # The systems are timed in turn, so that load changes fall on both alike.
+  results = {system: tokens / seconds
+             for system, seconds in time_interleaved(systems, warmup, steps, repeats).items()}
+  losses = [lmlab_holder["loss"]]
+  if with_hf:
     losses.append(hf_holder["loss"])
     if hf_params != lmlab_params:
       raise AssertionError(f"Parameter counts differ: lmlab {lmlab_params:,} vs HF {hf_params:,}.")

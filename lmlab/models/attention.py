@@ -48,6 +48,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from lmlab.models import layers
 from pallas_kernels import flash_attention as flash
 
 AttentionFn = Callable[..., jax.Array]
@@ -102,7 +103,7 @@ def _xla_attention(query, key, value, *, structure, dropout_rng, dropout_rate, d
   if not deterministic and dropout_rate > 0.0:
     if dropout_rng is None:
       raise ValueError("dropout_rng is required when dropout is active.")
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+    keep = layers.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
     probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
   return jnp.einsum("bhqk,bkhd->bqhd", jnp.asarray(probs, dtype), jnp.asarray(value, dtype))
 

@@ -82,7 +82,7 @@ def _dropout(rate: float, x: jax.Array, deterministic: bool) -> jax.Array:
   """Dropout that creates no module (and needs no rng) when the rate is zero."""
   if rate <= 0.0:
     return x
-  return nn.Dropout(rate)(x, deterministic=deterministic)
+  return layers.Dropout(rate)(x, deterministic=deterministic)
 
 
 class SelfAttention(nn.Module):
@@ -231,7 +231,7 @@ class Embeddings(nn.Module):
       self.token_type_embedder = _embed(cfg, cfg.num_token_types, ("token_types", "embed"))
     if cfg.embedding_norm:
       self.norm = _norm(cfg)
-    self.dropout = nn.Dropout(cfg.dropout_rate)
+    self.dropout = layers.Dropout(cfg.dropout_rate)
 
   def __call__(self, input_ids: jax.Array, positions: jax.Array,
                token_type_ids: Optional[jax.Array], deterministic: bool) -> jax.Array:

@@ -194,8 +194,14 @@ class EncoderDecoderModel(ModelWrapper):
     sums = weighted_cross_entropy(logits, batch["decoder_target_tokens"], weights)
     encoder_real = (batch["encoder_segment_ids"] > 0).astype(jnp.float32)
     sums["token_count"] = jnp.sum(encoder_real) + jnp.sum(batch["decoder_segment_ids"] > 0)
-    log_z = jax.nn.logsumexp(logits, axis=-1)
-    sums["z_loss_sum"] = self.z_loss * jnp.sum(jnp.square(log_z) * weights)
+    if self.z_loss:
+      log_z = jax.nn.logsumexp(logits, axis=-1)
+      sums["z_loss_sum"] = self.z_loss * jnp.sum(jnp.square(log_z) * weights)
+    else:
+      # Not ``0 * sum(log_z^2)``: XLA cannot drop a product with zero (it would
+      # turn an infinite log_z into NaN), so that would still run a second
+      # log-sum-exp over the logits and its backward pass.
+      sums["z_loss_sum"] = jnp.zeros((), jnp.float32)
     aux = sums["z_loss_sum"]
     if gate is not None:
       real_count = jnp.maximum(jnp.sum(encoder_real), 1.0)
