@@ -143,11 +143,15 @@ def bernoulli(key: jax.Array, p: float, shape: Sequence[int]) -> jax.Array:
              and jax.config.jax_threefry_partitionable and len(shape) > 0)
   except (ImportError, AttributeError):
     fused = False
+  if fused:
+    try:  # the internals' signatures may change between JAX versions
+      counts_hi, counts_lo = prng_internal.iota_2x32_shape(shape)
+      bits_hi, bits_lo = threefry._threefry2x32_lowering(  # pylint: disable=protected-access
+          data[0], data[1], counts_hi, counts_lo, use_rolled_loops=False)
+    except (TypeError, AttributeError):
+      fused = False
   if not fused:
     return jax.random.bernoulli(key, p, shape)
-  counts_hi, counts_lo = prng_internal.iota_2x32_shape(shape)
-  bits_hi, bits_lo = threefry._threefry2x32_lowering(  # pylint: disable=protected-access
-      data[0], data[1], counts_hi, counts_lo, use_rolled_loops=False)
   bits = bits_hi ^ bits_lo
   one = np.array(1.0, np.float32).view(np.uint32)
   mantissa = jax.lax.shift_right_logical(bits, np.uint32(32 - 23)) | one
