@@ -15,9 +15,11 @@ from lmlab.training import mfu
 from lmlab.wrappers.masked_lm import MaskedLMModel
 
 
-def _cache_files(model_dir):
+def _cache_files(model_dir, program: str = ""):
+  """Names of the cached programs (those of jitted function ``program`` if given)."""
   folder = model_dir / compilation_cache.CACHE_FOLDER
-  return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+  names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+  return {n for n in names if n.startswith(f"jit_{program}-")} if program else names
 
 
 def _train_metrics(model_dir):
@@ -32,8 +34,8 @@ def test_second_start_reads_compiled_steps_and_training_logs_mfu(tmp_path, tiny_
   code, err = tiny_run_in_process(tmp_path, "--gin.TRAIN_STEPS=4", *always,
                                   "--gin.TrainConfig.stop_after_step=2")
   assert code == 0, err
-  written = _cache_files(tmp_path)
-  assert written, "the first start wrote no compiled programs to MODEL_DIR/compilation_cache"
+  written = _cache_files(tmp_path, "train_step")
+  assert written, "the first start wrote no train step to MODEL_DIR/compilation_cache"
 
   hits = []
   listener = lambda event, **kwargs: hits.append(event) if event.endswith("/cache_hits") else None
@@ -45,8 +47,9 @@ def test_second_start_reads_compiled_steps_and_training_logs_mfu(tmp_path, tiny_
     jax.monitoring.unregister_event_listener(listener)
   assert code == 0, err
   assert hits, "the resumed start compiled everything again"
-  # Every program the second start needed was already on disk.
-  assert _cache_files(tmp_path) - written == set(), sorted(_cache_files(tmp_path) - written)
+  # The resumed start's train step came from disk: no new one was compiled and written.
+  # (Tiny eager helper programs may be new: that depends on what this process ran before.)
+  assert _cache_files(tmp_path, "train_step") == written
 
   # Model TFLOP/s per device at every logged step, and MFU against the given peak.
   rows = _train_metrics(tmp_path)
@@ -55,16 +58,16 @@ def test_second_start_reads_compiled_steps_and_training_logs_mfu(tmp_path, tiny_
     assert r["train/mfu"] == pytest.approx(r["train/tflops_per_device"] / 0.5)
 
 
-def test_cache_can_be_turned_off_or_moved(tmp_path, tiny_run_in_process):
-  code, err = tiny_run_in_process(tmp_path / "off", "--gin.TRAIN_STEPS=1",
-                                  "--gin.TrainConfig.compilation_cache_dir=None",
-                                  "--gin.TrainConfig.compilation_cache_min_compile_secs=0")
-  assert code == 0, err
-  assert not _cache_files(tmp_path / "off")
+def test_cache_can_be_turned_off_or_moved(tmp_path):
+  before = jax.config.jax_compilation_cache_dir
+  assert compilation_cache.enable(str(tmp_path / "run"), None) is None
+  assert jax.config.jax_compilation_cache_dir == before
   shared = tmp_path / "shared_cache"
   assert compilation_cache.enable(str(tmp_path / "run"), str(shared), 0.0) == str(shared)
   jax.jit(lambda x: x * 3 + 1)(jax.numpy.arange(5.0)).block_until_ready()
   assert any(shared.iterdir())
+  # The default follows the run directory once lmlab, not the user, chose the last one.
+  assert compilation_cache.enable(str(tmp_path / "run2")) == str(tmp_path / "run2" / "compilation_cache")
 
 
 def test_throughput_arithmetic():
