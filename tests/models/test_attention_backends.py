@@ -39,7 +39,7 @@ def _loss_and_grads(wrapper, params, batch):
   def loss(params):
     sums = wrapper.loss_sums(params, batch)
     return (sums["loss_sum"] + sums.get("aux_loss_sum", 0.0)) / sums["weight_sum"]
-  return jax.value_and_grad(loss)(params)
+  return jax.jit(jax.value_and_grad(loss))(params)  # jitted: interpret mode op by op is slow
 
 
 def _assert_backends_agree(make_wrapper, init_wrapper_args, batch, backends=("pallas", "cudnn")):

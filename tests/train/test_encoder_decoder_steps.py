@@ -73,7 +73,7 @@ def test_z_loss_is_an_auxiliary_term():
   with_z, without_z = EncoderDecoderModel(CONFIG, z_loss=1e-2), EncoderDecoderModel(CONFIG, z_loss=0.0)
   params = jax.jit(lambda r: with_z.init(r, 2))(jax.random.PRNGKey(0))
   params = jax.tree_util.tree_map(lambda x: x, __import__("flax").linen.meta.unbox(params))
-  a, b = with_z.loss_sums(params, batch), without_z.loss_sums(params, batch)
+  a, b = jax.jit(with_z.loss_sums)(params, batch), jax.jit(without_z.loss_sums)(params, batch)
   assert float(a["loss_sum"]) == pytest.approx(float(b["loss_sum"]), rel=1e-6)
   assert float(a["aux_loss_sum"]) > 0 and float(b["aux_loss_sum"]) == 0.0
   metrics = with_z.metrics(jax.device_get(a))

@@ -88,10 +88,10 @@ def test_clipping_bounds_the_update():
 def test_gathered_mlm_head_matches_full_head():
   batch = mlm_batch(2, staircase_padding=True)
   full, gathered = MaskedLMModel(CONFIG), MaskedLMModel(CONFIG, max_prediction_fraction=0.45)
-  params = nn.meta.unbox(full.init(jax.random.PRNGKey(1), 2, 16))
+  params = nn.meta.unbox(jax.jit(lambda r: full.init(r, 2, 16))(jax.random.PRNGKey(1)))
   assert int(np.max(batch["loss_weights"].sum(1))) <= 8  # fits in ceil(0.45 * 16) = 8
-  loss_full = lambda p: full.loss_sums(p, batch)["loss_sum"]
-  loss_gathered = lambda p: gathered.loss_sums(p, batch)["loss_sum"]
+  loss_full = jax.jit(lambda p: full.loss_sums(p, batch)["loss_sum"])
+  loss_gathered = jax.jit(lambda p: gathered.loss_sums(p, batch)["loss_sum"])
   np.testing.assert_allclose(float(loss_full(params)), float(loss_gathered(params)), rtol=1e-5)
   for a, b in zip(jax.tree_util.tree_leaves(jax.grad(loss_full)(params)),
                   jax.tree_util.tree_leaves(jax.grad(loss_gathered)(params))):
