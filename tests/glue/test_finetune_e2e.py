@@ -212,6 +212,7 @@ def _train_losses(run_dir) -> list[float]:
   return [r["train/loss"] for r in _records(run_dir) if "train/loss" in r]
 
 
+@pytest.mark.slow  # ~40 s; fine-tuning runs the Trainer, whose mesh equivalence tests/train/test_sharding.py covers
 def test_finetune_on_an_fsdp_tensor_mesh_equals_one_device(tmp_path, mocked_glue):
   losses, scores = {}, {}
   for name, mesh in (("one", MeshConfig(num_devices=1)), ("mesh", MeshConfig(ici_shape=(1, 4, 2)))):
