@@ -33,7 +33,7 @@ def bench():
 def test_lmlab_half_trains_and_times(bench):
   cfg = bench.BenchConfig("micro", 256, 32, 1, 2, 64, 2, 16)
   step, num_params, holder = bench.lmlab_runner(cfg, 0.2)
-  seconds = bench.time_steps(step, warmup=1, steps=2, repeats=1)
+  seconds = load_benchmark("timing").time_steps(step, warmup=1, steps=2, repeats=1)
   assert seconds > 0 and num_params > 256 * 32
   assert int(holder["state"].step) == 3
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(holder["state"].params))
