@@ -39,7 +39,7 @@ def _xla_flops(fn, *args) -> float:
   return float(analysis["flops"])
 
 
-def _check(model, batch):
+def assert_flops_match_xla(model, batch):
   params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ROWS, LENGTH))
   xla = _xla_flops(lambda p, b: model.loss_sums(p, b)["loss_sum"], params, batch)
   analytic = model.forward_flops({k: np.shape(v) for k, v in batch.items()})
@@ -58,7 +58,7 @@ def test_masked_lm_flops_match_xla(variant):
   elif variant == "bigs":
     config = dataclasses.replace(config, mixer="bigs", position_scheme="learned")
   batch = mlm_batch(0, rows=ROWS, length=LENGTH, vocab=1024)
-  _check(MaskedLMModel(config, max_prediction_fraction=fraction), batch)
+  assert_flops_match_xla(MaskedLMModel(config, max_prediction_fraction=fraction), batch)
 
 
 def test_t5_flops_match_xla():
@@ -72,7 +72,7 @@ def test_t5_flops_match_xla():
            "decoder_target_tokens": ids(dec_len),
            "decoder_loss_weights": ones(dec_len).astype(np.float32),
            "decoder_segment_ids": ones(dec_len), "decoder_positions": positions(dec_len)}
-  _check(EncoderDecoderModel(T5, z_loss=0.0), batch)
+  assert_flops_match_xla(EncoderDecoderModel(T5, z_loss=0.0), batch)
 
 
 @pytest.mark.parametrize("family", ["encoder", "enct5"])
@@ -84,4 +84,4 @@ def test_classifier_flops_match_xla(family):
            "segment_ids": np.ones((ROWS, LENGTH), np.int32),
            "positions": np.tile(np.arange(LENGTH, dtype=np.int32), (ROWS, 1)),
            "label": np.zeros((ROWS,), np.int32), "weight": np.ones((ROWS,), np.float32)}
-  _check(model, batch)
+  assert_flops_match_xla(model, batch)
