@@ -23,7 +23,6 @@ import jax
 INTERPRET = "interpret"
 TRITON = "triton"
 MOSAIC_TPU = "mosaic_tpu"
-BACKENDS = (INTERPRET, TRITON, MOSAIC_TPU)
 
 # The smallest tile dimension a GPU tensor-core dot accepts.
 MIN_BLOCK = 16
