@@ -25,7 +25,7 @@ import optax
 from lmlab.wrappers.base import CLASSIFICATION, Batch, ModelWrapper, Params
 from lmlab.models import EncoderConfig, EncoderForSequenceClassification, flops
 from lmlab.models.config import T5Config
-from lmlab.models.encoder_decoder import EncT5Classifier
+from lmlab.models.enct5 import EncT5Classifier
 
 class HeadSpec(Protocol):
   """What a head needs to know of its task (``lmlab.glue.spec.TaskSpec`` is one).
