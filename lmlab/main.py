@@ -60,6 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
                            "InferConfig says (encoder-decoders), by default into "
                            "MODEL_DIR/inference/. finetune: GLUE/SuperGLUE fine-tuning "
                            "configured by FinetuneConfig (e.g. finetune/glue.gin).")
+  parser.add_argument("--init_checkpoint", default=None,
+                      help="Start from this checkpoint: an lmlab MODEL_DIR, a Hugging Face model "
+                           "folder (config.json + safetensors + tokenizer files; its network and "
+                           "tokenizer are used) or a file written by `python -m lmlab.convert "
+                           "import`. train: continued pretraining; finetune: the pretrained "
+                           "network (FinetuneConfig.init_checkpoint_dir).")
+  parser.add_argument("--vocabulary", default=None,
+                      help="Tokenize every task with this vocabulary: embedded, bytes, byt5, a "
+                           "SentencePiece .model, a vocab.txt, a tokenizer.json or a Hugging Face "
+                           "folder (default: the init checkpoint's, else each task's own).")
   parser.add_argument("--tfds_data_dir", default=None,
                       help="Directory of prepared TFDS datasets (for tasks such as lmlab.c4_mlm).")
   multi = parser.add_argument_group(
@@ -122,6 +132,12 @@ def main(argv: Optional[Sequence[str]] = None) -> object:
       raise ValueError("No --gin_file given: try --gin_file=runs/quickstart.gin.")
     search = [p for group in args.gin_search_paths for p in group.split(",") if p]
     bindings = [*args.gin_bindings, *macro_bindings, f"run.run_mode = {args.run_mode!r}"]
+    if args.init_checkpoint:
+      key = "FinetuneConfig.init_checkpoint_dir" if args.run_mode == "finetune" else "run.init_checkpoint"
+      bindings.append(f"{key} = {args.init_checkpoint!r}")
+    if args.vocabulary:
+      key = "FinetuneConfig.vocabulary" if args.run_mode == "finetune" else "DataConfig.vocabulary"
+      bindings.append(f"{key} = {args.vocabulary!r}")
     if args.tfds_data_dir:
       bindings.append(f"DataConfig.tfds_data_dir = {args.tfds_data_dir!r}")
       if args.run_mode == "finetune":

@@ -6,6 +6,7 @@ of them contains training or model logic of its own.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -20,6 +21,8 @@ from lmlab.wrappers.masked_lm import MaskedLMModel
 from lmlab.training.optimizers import OptimizerConfig
 from lmlab.training.config import DataConfig, TrainConfig
 from lmlab.inference import run_seq2seq_infer
+from lmlab.training import pretrained
+from lmlab.training.starting_point import StartingPoint, check_vocabulary_fits, load_starting_point
 from lmlab.training.trainer import Trainer, TrainSummary, ensure_writable, evaluate
 
 logger = logging.getLogger(__name__)
@@ -61,13 +64,57 @@ def _write_config(model_dir: str, filename: str, text: str) -> None:
       f.write(text)
 
 
-def prepare(model: Optional[ModelWrapper], data: DataConfig, model_dir: str) -> ModelWrapper:
-  """Validates the task, its fit with the model and MODEL_DIR; sizes the model's vocabulary."""
+def resolve_task_name(name: str, vocabulary: Optional[str]) -> str:
+  """The seqio name to read: ``name`` itself, or its copy tokenized with ``vocabulary``."""
+  if not vocabulary:
+    return name
+  from lmlab.data import task_vocabulary, vocabularies  # pylint: disable=g-import-not-at-top
+  _data_api().get_task_or_mixture(name)  # unknown names fail here, with suggestions
+  vocab = vocabularies.load_vocabulary(vocabulary)
+  return task_vocabulary.with_vocabulary(name, vocab, vocabularies.vocabulary_name(vocab))
+
+
+def model_for_start(model: Optional[ModelWrapper], start: StartingPoint) -> ModelWrapper:
+  """The run's wrapper with the network of the checkpoint it starts from.
+
+  A Hugging Face folder or converted file brings its own network config; it
+  replaces the gin-bound one (same wrapper and wrapper options). Without a
+  wrapper, the family picks it: encoders are pretrained with masked LM, T5
+  models with span corruption.
+  """
+  if start.network is None:
+    return model or MaskedLMModel()
+  if model is None:
+    if start.family == "t5":
+      from lmlab.wrappers.encoder_decoder import EncoderDecoderModel  # pylint: disable=g-import-not-at-top
+      return EncoderDecoderModel(start.network)
+    return MaskedLMModel(start.network)
+  if type(model.config) is not type(start.network):
+    raise ValueError(
+        f"The init checkpoint {start.source} holds a {type(start.network).__name__} network but "
+        f"run.model is a {type(model).__name__} of a {type(model.config).__name__}: use "
+        f"{'EncoderDecoderModel' if start.family == 't5' else 'MaskedLMModel'} (or leave run.model "
+        "unset to pick it from the checkpoint).")
+  logger.info("Network config taken from %s (the gin-bound one is replaced).", start.source)
+  return model.with_network(start.network)
+
+
+def prepare(model: Optional[ModelWrapper], data: DataConfig, model_dir: str,
+            start: Optional[StartingPoint] = None) -> tuple[ModelWrapper, DataConfig]:
+  """Validates the task, its fit with the model and MODEL_DIR; sizes the model's vocabulary.
+
+  The task is read with ``data.vocabulary`` if set, else with the vocabulary
+  of the checkpoint the run starts from (a Hugging Face folder's tokenizer),
+  else with its own. Returns the model and the data config naming the task
+  actually read.
+  """
   pipeline = _data_api()
-  name = data.mixture_or_task_name
+  vocabulary = data.vocabulary or (start.vocabulary if start else None)
+  name = resolve_task_name(data.mixture_or_task_name, vocabulary)
+  data = dataclasses.replace(data, mixture_or_task_name=name)
   pipeline.get_task_or_mixture(name)  # unknown names fail here, early
   ensure_writable(model_dir)
-  model = model or MaskedLMModel()
+  model = model_for_start(model, start) if start is not None else (model or MaskedLMModel())
   task_kind = SEQ2SEQ if pipeline.is_encoder_decoder_task(name) else MASKED_LM
   if model.task_kind != task_kind:
     raise ValueError(
@@ -78,7 +125,22 @@ def prepare(model: Optional[ModelWrapper], data: DataConfig, model_dir: str) -> 
     raise ValueError(f"Task {name!r} needs DataConfig.task_feature_lengths, e.g. "
                      "{'inputs': 512, 'targets': 114}.")
   model.check_run()
-  return model.with_vocab_size(pipeline.vocabulary_for(name).vocab_size)
+  vocab_size = pipeline.vocabulary_for(name).vocab_size
+  if start is not None and start.network is not None:
+    check_vocabulary_fits(vocab_size, model.config, vocabulary or name)
+  return model.with_vocab_size(vocab_size), data
+
+
+def graft_start(model: ModelWrapper, start: StartingPoint):
+  """``Trainer.init_params``: fresh parameters with the starting point's grafted in."""
+  def graft(fresh):
+    params, new, _ = pretrained.graft_pretrained(
+        fresh, start.params, required_prefixes=model.inherited_prefixes,
+        source=f"checkpoint {start.source}")
+    if new:
+      logger.warning("Not in %s, initialised fresh: %s.", start.source, ", ".join(new[:8]))
+    return params
+  return graft
 
 
 def train_dataset(data: DataConfig, rows: int, shard_id: Optional[int] = None,
@@ -93,9 +155,14 @@ def train_dataset(data: DataConfig, rows: int, shard_id: Optional[int] = None,
 
 
 def train(model: MaskedLMModel, data: DataConfig, config: TrainConfig,
-          optimizer: OptimizerConfig) -> TrainSummary:
-  """Pretrains ``model`` on ``data``, resuming from ``config.model_dir`` if it holds checkpoints."""
-  trainer = Trainer(model, optimizer, config)
+          optimizer: OptimizerConfig, start: Optional[StartingPoint] = None) -> TrainSummary:
+  """Pretrains ``model`` on ``data``, resuming from ``config.model_dir`` if it holds checkpoints.
+
+  A run without checkpoints starts from ``start`` when given (continued
+  pretraining), else from a fresh initialisation.
+  """
+  init = graft_start(model, start) if start is not None else None
+  trainer = Trainer(model, optimizer, config, init_params=init)
   iterator = iter(train_dataset(data, per_process_rows(config.batch_size)))
   eval_batches = None
   if data.eval_split:
@@ -177,18 +244,33 @@ def run_infer(model: MaskedLMModel, data: DataConfig, config: TrainConfig, top_k
 
 
 @gin.configurable
-def run(run_mode: str = "train", model: Optional[ModelWrapper] = None):
-  """Runs one mode with the gin-bound DataConfig, TrainConfig and OptimizerConfig (finetune: FinetuneConfig)."""
+def run(run_mode: str = "train", model: Optional[ModelWrapper] = None,
+        init_checkpoint: Optional[str] = None, init_checkpoint_step: Optional[int] = None):
+  """Runs one mode with the gin-bound DataConfig, TrainConfig and OptimizerConfig (finetune: FinetuneConfig).
+
+  Args:
+    run_mode: One of ``RUN_MODES``.
+    model: The model wrapper (None: masked LM, or what ``init_checkpoint`` holds).
+    init_checkpoint: Train mode: where a run without checkpoints starts
+      (continued pretraining): an lmlab MODEL_DIR, a Hugging Face folder
+      (its network and tokenizer are used) or a converted parameter file.
+      Fine-tuning reads ``FinetuneConfig.init_checkpoint_dir`` instead (the
+      CLI's ``--init_checkpoint`` sets both).
+    init_checkpoint_step: The step of an lmlab ``init_checkpoint`` (None: newest).
+  """
   if run_mode not in RUN_MODES:
     raise ValueError(f"Unknown run_mode {run_mode!r}; choose one of {RUN_MODES}.")
   if run_mode == "finetune":  # FinetuneConfig + TrainConfig + OptimizerConfig
     from lmlab.glue import finetune  # pylint: disable=g-import-not-at-top
     return finetune.run_finetune()
   data, config = DataConfig(), TrainConfig()
-  model = prepare(model, data, config.model_dir)
+  start = None
+  if init_checkpoint:  # eval/infer take its network and vocabulary (the run was trained with them)
+    start = load_starting_point(init_checkpoint, init_checkpoint_step, what="run.init_checkpoint")
+  model, data = prepare(model, data, config.model_dir, start)
   _write_config(config.model_dir, "config.gin", gin.config_str())
   if run_mode == "train":
-    return train(model, data, config, OptimizerConfig())
+    return train(model, data, config, OptimizerConfig(), start)
   if run_mode == "eval":
     return run_eval(model, data, config)
   if model.task_kind == SEQ2SEQ:

@@ -34,10 +34,20 @@ class FinetuneConfig:
       (MNLI, RTE) when test predictions are written.
     network: The pretrained network's config (``@EncoderConfig()`` for
       BERT-style and BiGS, ``@T5Config()`` for T5/ByT5/MrT5); bind it with the
-      model gin file used for pretraining.
-    init_checkpoint_dir: The pretraining MODEL_DIR (None: train from a random
-      initialisation, logged as such; for baselines).
-    init_checkpoint_step: Which checkpoint there (None: the newest).
+      model gin file used for pretraining. None with a Hugging Face folder or
+      converted file as ``init_checkpoint_dir``: its own config is used (it
+      also replaces a bound one).
+    init_checkpoint_dir: Where the pretrained network comes from: an lmlab
+      MODEL_DIR, a Hugging Face model folder (config.json + safetensors +
+      tokenizer files) or a parameter file from ``python -m lmlab.convert
+      import`` (``lmlab.training.starting_point``). None: train from a random
+      initialisation, logged as such; for baselines.
+    init_checkpoint_step: Which checkpoint of an lmlab run (None: the newest).
+    vocabulary: Tokenize every task with this vocabulary
+      (``vocabularies.load_vocabulary``: a Hugging Face folder, a
+      ``vocab.txt``, ``tokenizer.json`` or SentencePiece ``.model``, or
+      ``embedded``/``bytes``/``byt5``). None: the init checkpoint's own
+      tokenizer when it has one (a Hugging Face folder), else the tasks' own.
     head: ``auto`` (encoders: ``classifier``; T5: ``text_to_text``),
       ``classifier``, ``enct5`` or ``text_to_text``.
     byte_level: Use the byte vocabularies (ByT5/MrT5, byte-level encoders).
@@ -48,7 +58,9 @@ class FinetuneConfig:
       None: ``TrainConfig.train_steps`` as bound.
     seeds: One fine-tune per seed (``TrainConfig.seed``: head init, dropout;
       and the data order).
-    pooling: Encoder pooling, ``mean`` or ``cls``.
+    pooling: Encoder pooling, ``mean``, ``cls`` (BERT's pooled first token) or
+      ``auto``: ``cls`` when the vocabulary has a [CLS]-like token that starts
+      every row (BERT, RoBERTa), else ``mean``.
     max_train_examples, max_eval_examples: Caps for quick runs and tests.
     write_test_predictions: Predict the test splits and write leaderboard files.
     keep_train_checkpoints: Keep a finished seed's train-state checkpoints
@@ -57,6 +69,12 @@ class FinetuneConfig:
       ``OptimizerConfig``, e.g.
       ``{"glue_rte": {"learning_rate": 1e-5, "epochs": 10, "batch_size": 16}}``.
     tfds_data_dir: Where the TFDS datasets are prepared (None: TFDS default).
+    export_hugging_face: After each seed, write its best parameters as a
+      Hugging Face folder (``<task>/seed_<n>/hugging_face``: config,
+      safetensors, label names and the tokenizer files) that
+      ``AutoModelForSequenceClassification`` (encoders) or
+      ``T5ForConditionalGeneration`` (text to text) loads. Checked before
+      training: the network must have a Hugging Face layout.
   """
   tasks: Sequence[str] = gin.REQUIRED
   network: Optional[Union[EncoderConfig, T5Config]] = None
@@ -68,13 +86,15 @@ class FinetuneConfig:
   target_length: int = 8
   epochs: Optional[float] = 3.0
   seeds: Sequence[int] = (0,)
-  pooling: str = "mean"
+  pooling: str = "auto"
   max_train_examples: Optional[int] = None
   max_eval_examples: Optional[int] = None
   write_test_predictions: bool = True
   keep_train_checkpoints: bool = False
   per_task: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
   tfds_data_dir: Optional[str] = None
+  vocabulary: Optional[str] = None
+  export_hugging_face: bool = False
 
   def task_names(self) -> list[str]:
     names = [self.tasks] if isinstance(self.tasks, str) else list(self.tasks)

@@ -38,6 +38,7 @@ import shutil
 from typing import Any, Optional
 
 import jax
+import numpy as np
 
 from lmlab.glue import evaluation, leaderboard, seeds
 from lmlab.glue import rows as finetune_data
@@ -45,7 +46,9 @@ from lmlab.glue import spec as glue_spec
 from lmlab.glue.config import FinetuneConfig, for_task
 from lmlab.glue.task_data import TaskData, load_glue_tasks, task_data
 from lmlab.models import EncoderConfig
+from lmlab.models.config import T5Config
 from lmlab.training import checkpointing, pretrained
+from lmlab.training.starting_point import StartingPoint, check_vocabulary_fits, load_starting_point
 from lmlab.training.config import TrainConfig
 from lmlab.training.optimizers import OptimizerConfig
 from lmlab.training.partitioning import Partitioner
@@ -54,9 +57,11 @@ from lmlab.wrappers.classification import ClassificationModel
 from lmlab.wrappers.encoder_decoder import EncoderDecoderModel
 
 logger = logging.getLogger(__name__)
+HF_EXPORT_DIR = "hugging_face"
 
 
-def build_model(config: FinetuneConfig, spec: glue_spec.TaskSpec, head: str, vocab_size: int):
+def build_model(config: FinetuneConfig, spec: glue_spec.TaskSpec, head: str, vocab_size: int,
+                pooling: str = "mean"):
   """The wrapper a head needs: the T5 wrapper itself (text to text) or a classification head."""
   network = config.network.with_vocab_size(vocab_size) if config.network.vocab_size is None \
       else config.network
@@ -65,20 +70,60 @@ def build_model(config: FinetuneConfig, spec: glue_spec.TaskSpec, head: str, voc
   if isinstance(network, EncoderConfig) and network.position_scheme == "learned":
     finetune_data.check_sequence_length(config.sequence_length, network.max_positions,
                                         "EncoderConfig.max_positions")
-  return ClassificationModel(network, spec, config.pooling)
+  return ClassificationModel(network, spec, pooling)
 
 
-def pretrained_init(model, config: FinetuneConfig):
+def resolve_pooling(config: FinetuneConfig, data: TaskData) -> str:
+  """``auto``: BERT's pooled first token when rows start with [CLS]/<s>, else the mean."""
+  if config.pooling != "auto":
+    return config.pooling
+  return "cls" if data.framing is not None and data.framing.prefix else "mean"
+
+
+def _match_classifier(params: dict, spec: glue_spec.TaskSpec,
+                      label_names: Optional[tuple[str, ...]], source: str) -> dict:
+  """A checkpoint's classifier head, kept when it fits the task, reordered to the task's labels.
+
+  An imported ``*ForSequenceClassification`` head is the starting point only
+  if it has the task's width; when the checkpoint names its classes
+  (``id2label``) and they are the task's in another order, its rows are
+  permuted to the task's order. Otherwise the head is initialised fresh.
+  """
+  if "classifier" not in params:
+    return params
+  kernel = np.asarray(params["classifier"]["kernel"])
+  if kernel.shape[-1] != spec.num_classes:
+    logger.warning("%s has a %d-class classifier; %s has %d classes: the classifier starts fresh.",
+                   source, kernel.shape[-1], spec.name, spec.num_classes)
+    return {k: v for k, v in params.items() if k != "classifier"}
+  if label_names and spec.label_names and tuple(label_names) != tuple(spec.label_names):
+    if sorted(label_names) != sorted(spec.label_names):
+      logger.warning("%s's classes %s are not %s's %s: the classifier starts fresh.", source,
+                     list(label_names), spec.name, list(spec.label_names))
+      return {k: v for k, v in params.items() if k != "classifier"}
+    order = [list(label_names).index(name) for name in spec.label_names]
+    head = dict(params["classifier"])
+    head["kernel"] = kernel[..., order]
+    head["bias"] = np.asarray(head["bias"])[order]
+    logger.info("Classifier rows of %s reordered to %s's labels %s.", source, spec.name,
+                list(spec.label_names))
+    return {**params, "classifier": head}
+  return params
+
+
+def pretrained_init(model, start: Optional[StartingPoint], spec: glue_spec.TaskSpec):
   """``Trainer.init_params``: fresh parameters with the pretrained network grafted in."""
-  if config.init_checkpoint_dir is None:
+  if start is None:
     logger.warning("FinetuneConfig.init_checkpoint_dir is None: fine-tuning from a random init.")
     return None
-  _, old = checkpointing.load_params(config.init_checkpoint_dir, config.init_checkpoint_step)
+  old = start.params
+  if isinstance(model, ClassificationModel):
+    old = _match_classifier(old, spec, start.label_names, start.source)
 
   def graft(fresh):
     params, _, _ = pretrained.graft_pretrained(
         fresh, old, required_prefixes=model.inherited_prefixes,
-        source=f"checkpoint in {config.init_checkpoint_dir}")
+        source=f"checkpoint {start.source}")
     return params
   return graft
 
@@ -95,6 +140,7 @@ class TaskRun:
   model: Any
   partitioner: Optional[Partitioner]
   init_params: Any
+  start: Optional[StartingPoint] = None
   trainer: Optional[Trainer] = None
 
   @property
@@ -116,11 +162,15 @@ class TaskRun:
 
 
 def prepare_task(spec: glue_spec.TaskSpec, config: FinetuneConfig, train: TrainConfig,
-                 optimizer: OptimizerConfig, partitioner: Optional[Partitioner] = None) -> TaskRun:
+                 optimizer: OptimizerConfig, partitioner: Optional[Partitioner] = None,
+                 start: Optional[StartingPoint] = None) -> TaskRun:
   """Data, model and the per-task schedule: epochs -> steps, validation once per epoch."""
   head = config.head_for()
   data = task_data(spec, config, head)
-  model = build_model(config, spec, head, data.vocabulary.vocab_size)
+  if start is not None and start.network is not None:
+    check_vocabulary_fits(data.vocabulary.vocab_size, config.network,
+                          config.vocabulary or data.seqio_name)
+  model = build_model(config, spec, head, data.vocabulary.vocab_size, resolve_pooling(config, data))
   train_rows = data.count(spec.train_split, config.max_train_examples)
   steps_per_epoch = max(1, math.ceil(train_rows / train.batch_size))
   total = train.train_steps if config.epochs is None else max(1, round(config.epochs * steps_per_epoch))
@@ -130,7 +180,7 @@ def prepare_task(spec: glue_spec.TaskSpec, config: FinetuneConfig, train: TrainC
   logger.info("%s: %d training rows, %d steps, validating every %d.", spec.name, train_rows,
               total, train.eval_every)
   return TaskRun(spec, config, train, optimizer, head, data, model, partitioner,
-                 pretrained_init(model, config))
+                 pretrained_init(model, start, spec), start)
 
 
 def _validation_history(run_dir: str) -> list[dict]:
@@ -168,15 +218,61 @@ def finetune_seed(task: TaskRun, seed: int, model_dir: str) -> dict:
             "train_steps": task.train.train_steps, "best_step": best["step"],
             "validation": {k: v for k, v in best_scores.items() if k != "step"},
             "history": history, "final_train_loss": summary.final_train_loss}
-  if config.write_test_predictions:
+  if config.write_test_predictions or config.export_hugging_face:
     params = checkpointing.restore_best(run_dir, trainer.state.params)
+  if config.write_test_predictions:
     result["leaderboard_files"] = write_test_predictions(task, predict, params,
                                                          os.path.join(run_dir, "leaderboard"))
+  if config.export_hugging_face:
+    result["hugging_face_dir"] = export_seed(task, params, os.path.join(run_dir, HF_EXPORT_DIR))
   if jax.process_index() == 0:
     checkpointing.write_json(os.path.join(run_dir, "result.json"), result)
     if not config.keep_train_checkpoints:
       shutil.rmtree(checkpointing.checkpoint_dir(run_dir), ignore_errors=True)
   return result
+
+
+def _export_args(config: FinetuneConfig, start: Optional[StartingPoint]) -> dict:
+  """Model type, base config and tokenizer folder of a Hugging Face export."""
+  is_t5 = isinstance(config.network, T5Config)
+  model_type = (start.model_type if start is not None and start.model_type else
+                ("t5" if is_t5 else "bert"))
+  tokenizer_dir = None
+  for candidate in (config.vocabulary, start.vocabulary if start is not None else None):
+    if candidate and os.path.isdir(candidate):
+      tokenizer_dir = candidate
+      break
+  return {"model_type": model_type,
+          "hf_config": dict(start.hf_config) if start is not None and start.hf_config else None,
+          "tokenizer_dir": tokenizer_dir}
+
+
+def check_exportable(config: FinetuneConfig, head: str, start: Optional[StartingPoint]) -> None:
+  """Refuses ``export_hugging_face`` before training when the result would have no HF form."""
+  from lmlab.convert import common, hf_bert, hf_t5  # pylint: disable=g-import-not-at-top
+  if head == "enct5":
+    raise ValueError("FinetuneConfig.export_hugging_face: an EncT5 classifier has no Hugging Face "
+                     "class; use head='text_to_text' for T5 or turn the export off.")
+  args = _export_args(config, start)
+  try:
+    if isinstance(config.network, T5Config):
+      hf_t5.t5_config_to_hf(config.network)
+    else:
+      hf_bert.bert_config_to_hf(config.network, args["model_type"])
+  except common.ConversionError as e:
+    raise ValueError(f"FinetuneConfig.export_hugging_face is on but the network cannot be written "
+                     f"as a Hugging Face model: {e}") from e
+
+
+def export_seed(task: TaskRun, params, directory: str) -> str:
+  """The seed's best parameters as a Hugging Face folder (with label names and tokenizer files)."""
+  from lmlab.convert import auto  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0:
+    host = jax.tree_util.tree_map(np.asarray, jax.device_get(params))
+    label_names = task.spec.label_names if task.head != "text_to_text" else None
+    auto.export_hf_checkpoint(directory, task.model.config, host, label_names=label_names or None,
+                              **_export_args(task.config, task.start))
+  return directory
 
 
 def write_test_predictions(task: TaskRun, predict, params, directory: str) -> list[str]:
@@ -215,9 +311,11 @@ def run_finetune(config: Optional[FinetuneConfig] = None, train: Optional[TrainC
   config = config or FinetuneConfig()
   train = train or TrainConfig()
   optimizer = optimizer or OptimizerConfig()
-  if config.network is None:
-    raise ValueError("FinetuneConfig.network is unset: bind it to the pretrained network, e.g. "
-                     "FinetuneConfig.network = @EncoderConfig() after including the model gin file.")
+  start = None
+  if config.init_checkpoint_dir is not None:
+    start = load_starting_point(config.init_checkpoint_dir, config.init_checkpoint_step,
+                                what="FinetuneConfig.init_checkpoint_dir")
+  config = resolve_start(config, start)
   names = config.task_names()
   glue_tasks = load_glue_tasks()
   if config.tfds_data_dir:  # read the data from where it was checked to be prepared
@@ -235,12 +333,38 @@ def run_finetune(config: Optional[FinetuneConfig] = None, train: Optional[TrainC
       done = _finished_result(train.model_dir, name, seed)
       if done is None:
         task = task or prepare_task(glue_spec.TASKS[name], task_config, task_train,
-                                    task_optimizer, partitioner)
+                                    task_optimizer, partitioner, start)
         done = finetune_seed(task, seed, train.model_dir)
       results[name].append(done)
     if task_config.write_test_predictions and jax.process_index() == 0:
       _publish_best_seed(train.model_dir, results[name])
   return write_summary(train.model_dir, results)
+
+
+def resolve_start(config: FinetuneConfig, start: Optional[StartingPoint]) -> FinetuneConfig:
+  """The config with the network and vocabulary an imported checkpoint brings filled in.
+
+  A Hugging Face folder (or converted file) carries its network config,
+  which replaces a bound one, and its tokenizer, used unless
+  ``FinetuneConfig.vocabulary`` names another. Export is checked here,
+  before any training.
+  """
+  network, vocabulary = config.network, config.vocabulary
+  if start is not None and start.network is not None:
+    if network is not None and network != start.network:
+      logger.info("FinetuneConfig.network replaced by the network of %s.", start.source)
+    network = start.network
+  if network is None:
+    raise ValueError("FinetuneConfig.network is unset: bind it to the pretrained network, e.g. "
+                     "FinetuneConfig.network = @EncoderConfig() after including the model gin file, "
+                     "or start from a Hugging Face folder (FinetuneConfig.init_checkpoint_dir), "
+                     "which brings its own.")
+  if vocabulary is None and start is not None:
+    vocabulary = start.vocabulary
+  config = dataclasses.replace(config, network=network, vocabulary=vocabulary)
+  if config.export_hugging_face:
+    check_exportable(config, config.head_for(), start)
+  return config
 
 
 def _finished_result(model_dir: str, name: str, seed: int) -> Optional[dict]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional, Union
 
 import numpy as np
 
@@ -41,11 +41,37 @@ class TruncationLog:
                      self.what, self.truncated, self.examples, self.tokens_dropped)
 
 
-def truncate_pair(a: np.ndarray, b: np.ndarray, limit: int, eos_id: int) -> tuple[np.ndarray, np.ndarray, int]:
+@dataclasses.dataclass(frozen=True)
+class PairFraming:
+  """How sentence A and B are joined into one encoder row, as the vocabulary's model expects.
+
+  A row is ``prefix + A + [eos] + separator + B + [eos]`` (B and what comes
+  with it only for pair tasks): lmlab's own vocabularies use ``A EOS B EOS``;
+  BERT ``[CLS] A [SEP] B [SEP]`` (prefix ``[CLS]``); RoBERTa
+  ``<s> A </s></s> B </s>`` (separator ``</s>``), which is what the Hugging
+  Face tokenizers produce for ``tokenizer(a, b)``. Built from
+  ``vocabularies.special_tokens`` by ``lmlab.glue.task_data``.
+
+  Attributes:
+    eos_id: Ends each sentence.
+    prefix: Ids before sentence A (``[CLS]``/``<s>``; empty for T5/lmlab).
+    separator: Ids between A's eos and B.
+    token_types: Give B token type 1 (BERT); False keeps every token type 0
+      (RoBERTa has a single token type).
+  """
+  eos_id: int
+  prefix: tuple[int, ...] = ()
+  separator: tuple[int, ...] = ()
+  token_types: bool = True
+
+
+def truncate_pair(a: np.ndarray, b: np.ndarray, limit: int, eos_id: int,
+                  reserved: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
   """Longest-first truncation of two EOS-terminated token lists to ``limit`` tokens in all.
 
   Tokens are removed from the end of the longer sentence (BERT's strategy),
   and each kept sentence keeps its final EOS, which separates A from B.
+  ``reserved`` tokens of the row go to framing (a [CLS] prefix, a separator).
   Returns the two lists and the number of tokens dropped.
   """
   def body(x):
@@ -53,7 +79,7 @@ def truncate_pair(a: np.ndarray, b: np.ndarray, limit: int, eos_id: int) -> tupl
     return x[:-1] if len(x) and x[-1] == eos_id else x
   a_body, b_body = body(a), body(b)
   eos_count = 1 + (1 if len(b) else 0)
-  budget = limit - eos_count
+  budget = limit - eos_count - reserved
   if budget < 1:
     raise ValueError(f"sequence_length={limit} leaves no room for tokens besides the separators.")
   dropped = 0
@@ -69,21 +95,34 @@ def truncate_pair(a: np.ndarray, b: np.ndarray, limit: int, eos_id: int) -> tupl
   return a_out, b_out, dropped
 
 
-def encoder_row(example: dict, length: int, eos_id: int, log: TruncationLog) -> dict:
-  """One example as ``input_ids``/``token_type_ids``/``segment_ids``/``positions``."""
+def encoder_row(example: dict, length: int, framing: Union[int, PairFraming],
+                log: TruncationLog) -> dict:
+  """One example as ``input_ids``/``token_type_ids``/``segment_ids``/``positions``.
+
+  ``framing`` says how A and B are joined (an int: lmlab's ``A EOS B EOS``
+  with that EOS id).
+  """
+  if isinstance(framing, (int, np.integer)):
+    framing = PairFraming(eos_id=int(framing))
+  eos_id = framing.eos_id
   a, b = example["inputs_a"], np.asarray(example.get("inputs_b", np.zeros(0, np.int32)))
   if len(b) == 1 and b[0] == eos_id:  # single-sentence task: B is only its EOS
     b = b[:0]
   log.examples += 1
-  a, b, dropped = truncate_pair(a, b, length, eos_id)
+  reserved = len(framing.prefix) + (len(framing.separator) if len(b) else 0)
+  a, b, dropped = truncate_pair(a, b, length, eos_id, reserved)
   if dropped:
     log.truncated += 1
     log.tokens_dropped += dropped
+  prefix = np.asarray(framing.prefix, np.int32)
+  first = np.concatenate([prefix, a])
+  second = np.concatenate([np.asarray(framing.separator, np.int32), b]) if len(b) else b
   ids = np.zeros(length, np.int32)
   types = np.zeros(length, np.int32)
-  n_a, n = len(a), len(a) + len(b)
-  ids[:n_a], ids[n_a:n] = a, b
-  types[n_a:n] = 1
+  n_a, n = len(first), len(first) + len(second)
+  ids[:n_a], ids[n_a:n] = first, second
+  if framing.token_types:
+    types[n_a:n] = 1
   segments = (np.arange(length) < n).astype(np.int32)
   return {"input_ids": ids, "token_type_ids": types, "segment_ids": segments,
           "positions": np.arange(length, dtype=np.int32)}

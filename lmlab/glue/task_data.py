@@ -51,6 +51,7 @@ class TaskData:
   vocabulary: Any
   config: FinetuneConfig
   single_sequence: bool = False  # EncT5: the text-to-text prompt as one encoder row
+  framing: Optional[finetune_data.PairFraming] = None  # encoder rows; None: A EOS B EOS
   _held: dict = dataclasses.field(default_factory=dict, repr=False)
 
   @property
@@ -74,16 +75,17 @@ class TaskData:
   def batches(self, split: str, batch_size: int, log: finetune_data.TruncationLog, **kwargs):
     """``(batch, meta)`` pairs of global batches (``examples``' keyword arguments)."""
     cfg = self.config
+    framing = self.framing or finetune_data.PairFraming(self.eos_id)
     if self.text_to_text:
       make = lambda ex: finetune_data.t2t_row(ex, cfg.sequence_length, cfg.target_length,
                                               self.eos_id, log)
       consumed = finetune_data.T2T_INPUTS
     elif self.single_sequence:
       make = lambda ex: finetune_data.encoder_row({"inputs_a": ex["inputs"]}, cfg.sequence_length,
-                                                  self.eos_id, log)
+                                                  framing, log)
       consumed = finetune_data.T2T_INPUTS
     else:
-      make = lambda ex: finetune_data.encoder_row(ex, cfg.sequence_length, self.eos_id, log)
+      make = lambda ex: finetune_data.encoder_row(ex, cfg.sequence_length, framing, log)
       consumed = finetune_data.ENCODER_INPUTS
     label_dtype = np.float32 if self.spec.kind == "regression" else np.int32
     return finetune_data.batches(self.examples(split, **kwargs), make, batch_size, consumed,
@@ -129,8 +131,17 @@ class TaskData:
     return sum(1 for _ in self.examples(split, shuffle=False, seed=0, repeat=False, limit=limit))
 
 
+def pair_framing(vocabulary, network) -> finetune_data.PairFraming:
+  """How encoder rows join sentences for this vocabulary (BERT: [CLS] A [SEP] B [SEP], ...)."""
+  from lmlab.data import vocabularies  # pylint: disable=g-import-not-at-top
+  special = vocabularies.special_tokens(vocabulary)
+  prefix = () if special.cls_id is None else (special.cls_id,)
+  token_types = getattr(network, "num_token_types", 2) != 1
+  return finetune_data.PairFraming(special.eos_id, prefix, tuple(special.pair_separator), token_types)
+
+
 def task_data(spec: glue_spec.TaskSpec, config: FinetuneConfig, head: str) -> TaskData:
-  """The task of ``spec`` in the format ``head`` reads."""
+  """The task of ``spec`` in the format ``head`` reads, tokenized with ``config.vocabulary`` if set."""
   import seqio  # pylint: disable=g-import-not-at-top
   glue_tasks = load_glue_tasks()
   # T5-family models (text to text and EncT5) read the prompt in the T5 vocabulary.
@@ -138,7 +149,12 @@ def task_data(spec: glue_spec.TaskSpec, config: FinetuneConfig, head: str) -> Ta
   key = ("byt5_t2t" if config.byte_level else "t2t") if t5_vocabulary else (
       "encoder_bytes" if config.byte_level else "encoder")
   name = glue_tasks.TASK_NAMES[spec.name][key]
+  if config.vocabulary:
+    from lmlab.data import task_vocabulary, vocabularies  # pylint: disable=g-import-not-at-top
+    vocab = vocabularies.load_vocabulary(config.vocabulary)
+    name = task_vocabulary.with_vocabulary(name, vocab, vocabularies.vocabulary_name(vocab))
   feature = "inputs" if t5_vocabulary else "inputs_a"
   vocabulary = seqio.get_mixture_or_task(name).output_features[feature].vocabulary
+  framing = None if t5_vocabulary else pair_framing(vocabulary, config.network)
   return TaskData(spec, name, head == "text_to_text", vocabulary, config,
-                  single_sequence=head == "enct5")
+                  single_sequence=head == "enct5", framing=framing)

@@ -25,6 +25,12 @@ class DataConfig:
     seed: Seed of shuffling and of dynamic masking.
     tfds_data_dir: Where TFDS-backed tasks find prepared data (None: the TFDS
       default, ``~/tensorflow_datasets``).
+    vocabulary: Tokenize the task with this vocabulary instead of its own
+      (``lmlab.data.vocabularies.load_vocabulary``: ``embedded``, ``bytes``,
+      ``byt5``, a SentencePiece ``.model``, a ``vocab.txt``, a
+      ``tokenizer.json`` or a Hugging Face model folder). None: the
+      vocabulary of the checkpoint the run starts from
+      (``run.init_checkpoint``) if it has one, else the task's own.
   """
 
   mixture_or_task_name: str = gin.REQUIRED
@@ -35,6 +41,7 @@ class DataConfig:
   shuffle: bool = True
   seed: int = 0
   tfds_data_dir: Optional[str] = None
+  vocabulary: Optional[str] = None
 
   @property
   def feature_lengths(self) -> Union[int, dict[str, int]]:

@@ -12,6 +12,7 @@ tests; nothing in the trainer or the run modes changes.
 from __future__ import annotations
 
 import abc
+import copy
 import math
 from typing import Any, Mapping, Optional
 
@@ -115,6 +116,14 @@ class ModelWrapper(abc.ABC):
     """This wrapper with the network's vocabulary sized for a task (default: unchanged)."""
     del vocab_size
     return self
+
+  def with_network(self, config: Any) -> "ModelWrapper":
+    """This wrapper (same options) around another network config, e.g. an imported checkpoint's."""
+    new = copy.copy(self)
+    new.config = config
+    if hasattr(new, "_jitted"):
+      new._jitted = {}  # pylint: disable=protected-access  (compiled for the old network)
+    return new
 
   def forward_flops(self, shapes: Mapping[str, tuple[int, ...]]) -> Optional[float]:
     """Model FLOPs of one forward pass over a batch with these feature shapes (None: unknown).
