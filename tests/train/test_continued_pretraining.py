@@ -1,0 +1,112 @@
+"""Continued pretraining from Hugging Face folders: the first loss is transformers' loss, then it falls.
+
+A tiny random ``BertForMaskedLM`` (WordPiece tokenizer) and ``T5ForConditionalGeneration``
+(SentencePiece + 100 sentinels) are saved with their tokenizer files; the CLI
+starts a train run from each folder (``--init_checkpoint``) with nothing else
+about the model given. The network and the vocabulary come from the folder.
+The loss of step 1 (dropout is off) must equal the loss PyTorch computes on the
+same batch — rebuilt here from the same seed — and later steps must lower it.
+Packed rows hold several documents (segments) that lmlab keeps apart with
+segment ids; transformers is given each segment on its own, which is the same
+computation.
+"""
+
+from __future__ import annotations
+
+import gin
+import numpy as np
+import pytest
+import torch
+
+import hf_folders
+from lmlab import main as cli
+from lmlab import runs
+from lmlab.training.config import DataConfig
+from lmlab.training.starting_point import load_starting_point
+
+TRAIN_STEPS = 12
+
+
+def _run(tmp_path, gin_file: str, folder, *bindings: str):
+  argv = [f"--gin_file={gin_file}", f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
+          f"--init_checkpoint={folder}", f"--gin.TRAIN_STEPS={TRAIN_STEPS}", "--gin.BATCH_SIZE=8",
+          "--gin.WARMUP_STEPS=2", "--gin.TrainConfig.log_every=1",
+          "--gin.TrainConfig.eval_every=0", "--gin.DataConfig.eval_split=''",
+          "--gin.TrainConfig.progress_bar=False", *bindings]
+  try:
+    return cli.main(argv)
+  finally:
+    gin.clear_config(clear_constants=True)
+
+
+def _first_batch(data: DataConfig, folder, model_dir) -> dict:
+  """The first training batch of the run, rebuilt from the same seed."""
+  start = load_starting_point(str(folder))
+  _, resolved = runs.prepare(None, data, str(model_dir), start)
+  batch = next(iter(runs.train_dataset(resolved, 8)))
+  return {k: v.numpy() for k, v in batch.items()}
+
+
+def _cross_entropy(logits: torch.Tensor, targets: np.ndarray, weights: np.ndarray) -> float:
+  log_probs = torch.log_softmax(logits.double(), dim=-1).numpy()
+  picked = np.take_along_axis(log_probs, targets[:, None].astype(np.int64), axis=-1)[:, 0]
+  return float(-(picked * weights).sum())
+
+
+def _segments(segment_ids: np.ndarray):
+  for s in np.unique(segment_ids):
+    if s > 0:
+      yield np.nonzero(segment_ids == s)[0]
+
+
+def test_bert_folder_continues_masked_lm_pretraining(tmp_path):
+  import transformers  # pylint: disable=import-outside-toplevel
+  folder = hf_folders.bert_folder(tmp_path / "bert", architecture="BertForMaskedLM")
+  summary = _run(tmp_path, "runs/quickstart.gin", folder, "--gin.SEQUENCE_LENGTH=32")
+  batch = _first_batch(DataConfig(mixture_or_task_name="lmlab.embedded_mlm", sequence_length=32),
+                       folder, tmp_path / "rebuild")
+  cls_id = 2  # [CLS] of hf_folders.BERT_SPECIALS: every document starts with it
+  assert all(batch["input_ids"][r, idx[0]] == cls_id for r in range(8)
+             for idx in _segments(batch["segment_ids"][r]))
+  model = transformers.BertForMaskedLM.from_pretrained(str(folder)).eval()
+  total, weight = 0.0, 0.0
+  with torch.no_grad():
+    for r in range(8):
+      for idx in _segments(batch["segment_ids"][r]):
+        np.testing.assert_array_equal(batch["positions"][r, idx], np.arange(len(idx)))
+        logits = model(input_ids=torch.tensor(batch["input_ids"][r, idx][None])).logits[0]
+        total += _cross_entropy(logits, batch["targets"][r, idx], batch["loss_weights"][r, idx])
+        weight += float(batch["loss_weights"][r, idx].sum())
+  assert weight > 0
+  assert summary.first_train_loss == pytest.approx(total / weight, abs=2e-4)
+  assert summary.final_train_loss < summary.first_train_loss - 0.3
+
+
+def test_t5_folder_continues_span_corruption_pretraining(tmp_path):
+  import transformers  # pylint: disable=import-outside-toplevel
+  folder = hf_folders.t5_folder(tmp_path / "t5")
+  lengths = "{'inputs': 32, 'targets': 8}"
+  summary = _run(tmp_path, "runs/t5_quickstart.gin", folder,
+                 f"--gin.TASK_FEATURE_LENGTHS={lengths}", "--gin.OptimizerConfig.warmup_steps=2")
+  batch = _first_batch(
+      DataConfig(mixture_or_task_name="lmlab.embedded_span_corruption",
+                 task_feature_lengths={"inputs": 32, "targets": 8}), folder, tmp_path / "rebuild")
+  model = transformers.T5ForConditionalGeneration.from_pretrained(str(folder)).eval()
+  total, weight = 0.0, 0.0
+  with torch.no_grad():
+    for r in range(8):
+      for s in np.unique(batch["encoder_segment_ids"][r]):
+        if s == 0:
+          continue
+        enc = np.nonzero(batch["encoder_segment_ids"][r] == s)[0]
+        dec = np.nonzero(batch["decoder_segment_ids"][r] == s)[0]
+        assert batch["decoder_input_tokens"][r, dec[0]] == 0  # decoding starts from pad, as in T5
+        logits = model(input_ids=torch.tensor(batch["encoder_input_tokens"][r, enc][None]),
+                       decoder_input_ids=torch.tensor(batch["decoder_input_tokens"][r, dec][None])
+                       ).logits[0]
+        total += _cross_entropy(logits, batch["decoder_target_tokens"][r, dec],
+                                batch["decoder_loss_weights"][r, dec])
+        weight += float(batch["decoder_loss_weights"][r, dec].sum())
+  assert weight > 0
+  assert summary.first_train_loss == pytest.approx(total / weight, abs=2e-4)
+  assert summary.final_train_loss < summary.first_train_loss - 0.3
