@@ -30,3 +30,19 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
   assert (tmp_path / "loss_curves.png").stat().st_size > 1000
   rows = (tmp_path / "inference" / "fill_mask.jsonl").read_text().splitlines()
   assert len(rows) == 2 and all("<mask>" not in json.loads(r)["filled"] for r in rows)
+
+
+@pytest.mark.slow  # builds a small BERT, fine-tunes it for a few epochs, exports it (about 2 min)
+def test_finetune_released_checkpoint_notebook_runs(tmp_path, monkeypatch):
+  monkeypatch.setenv("LMLAB_NOTEBOOK_DIR", str(tmp_path))
+  monkeypatch.setenv("LMLAB_NOTEBOOK_EPOCHS", "1")
+  repo = str(COLAB_DIR.parent)
+  monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
+  notebook = nbformat.read(COLAB_DIR / "finetune_released_checkpoint.ipynb", as_version=4)
+  client = nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3",
+                                   resources={"metadata": {"path": str(COLAB_DIR)}})
+  client.execute()
+  report = json.loads((tmp_path / "agreement.json").read_text())
+  assert report["rows"] == 100 and len(report["labels"]) == 100
+  assert report["agreement"] == 1.0  # the exported model predicts every test row as lmlab did
+  assert (tmp_path / "finetune" / "summary.md").exists()

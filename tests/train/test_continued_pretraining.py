@@ -59,9 +59,14 @@ def _segments(segment_ids: np.ndarray):
       yield np.nonzero(segment_ids == s)[0]
 
 
-def test_bert_folder_continues_masked_lm_pretraining(tmp_path):
+@pytest.fixture(scope="module")
+def bert_mlm_dir(tmp_path_factory):
+  return hf_folders.bert_folder(tmp_path_factory.mktemp("hf") / "bert", architecture="BertForMaskedLM")
+
+
+def test_bert_folder_continues_masked_lm_pretraining(tmp_path, bert_mlm_dir):
   import transformers  # pylint: disable=import-outside-toplevel
-  folder = hf_folders.bert_folder(tmp_path / "bert", architecture="BertForMaskedLM")
+  folder = bert_mlm_dir
   summary = _run(tmp_path, "runs/quickstart.gin", folder, "--gin.SEQUENCE_LENGTH=32")
   batch = _first_batch(DataConfig(mixture_or_task_name="lmlab.embedded_mlm", sequence_length=32),
                        folder, tmp_path / "rebuild")
@@ -110,3 +115,23 @@ def test_t5_folder_continues_span_corruption_pretraining(tmp_path):
   assert weight > 0
   assert summary.first_train_loss == pytest.approx(total / weight, abs=2e-4)
   assert summary.final_train_loss < summary.first_train_loss - 0.3
+
+
+def test_a_vocabulary_larger_than_the_embedding_is_refused(tmp_path, bert_mlm_dir):
+  start = load_starting_point(str(bert_mlm_dir))
+  data = DataConfig(mixture_or_task_name="lmlab.embedded_mlm", vocabulary="embedded")
+  with pytest.raises(ValueError, match=r"has 8192 ids but the network's embedding has only \d+ rows"):
+    runs.prepare(None, data, str(tmp_path), start)
+
+
+def test_a_folder_without_tokenizer_files_is_refused_naming_them(tmp_path, bert_mlm_dir):
+  import shutil  # pylint: disable=import-outside-toplevel
+  bare = tmp_path / "no_tokenizer"
+  bare.mkdir()
+  for name in ("config.json", "model.safetensors"):
+    shutil.copy(bert_mlm_dir / name, bare / name)
+  start = load_starting_point(str(bare))
+  data = DataConfig(mixture_or_task_name="lmlab.embedded_mlm")
+  with pytest.raises(FileNotFoundError, match=r"vocab\.txt") as error:
+    runs.prepare(None, data, str(tmp_path / "run"), start)
+  assert str(bare) in str(error.value)
