@@ -80,9 +80,8 @@ class _Records:
   def __init__(self, task: "FileTask", table: Table, split: str):
     self.task, self.table, self.split = task, table, split
 
-  def fail(self, number: Optional[int], message: str) -> ValueError:
-    where = self.table.path if number is None else self.table.where(number)
-    return self.task.error(f"{where}: {message}")
+  def fail(self, number: int, message: str) -> ValueError:
+    return self.task.error(f"{self.table.where(number)}: {message}")
 
   def cell(self, number: int, values: Mapping[str, Any], field: str, role: str) -> Any:
     if field in values:
@@ -90,7 +89,7 @@ class _Records:
     if self.table.format == "jsonl":
       raise self.fail(number, f"no field {field!r} ({role}); this record's fields are "
                               f"{list(values)}.")
-    raise self.fail(None, f"no column {field!r} ({role}); the columns are "
+    raise self.task.error(f"{self.table.path} has no column {field!r} ({role}); the columns are "
                           f"{list(self.table.columns)}.")
 
   def raw_label(self, number: int, values: Mapping[str, Any]) -> Any:

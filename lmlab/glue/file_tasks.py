@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 from typing import Iterable, Optional, Sequence
 
@@ -84,6 +85,8 @@ class FileTask:
     id_field: An optional id column. When every id of a file is an integer it
       is the example's index in prediction files; otherwise the index is the
       record's 0-based position and the id gets a column of its own.
+    data_dir: Where relative ``train``/``validation``/``test`` paths are
+      (None: relative to the working directory).
   """
   name: str
   train: str
@@ -97,6 +100,7 @@ class FileTask:
   metrics: Optional[Sequence[str]] = None
   main_metric: Optional[str] = None
   id_field: Optional[str] = None
+  data_dir: Optional[str] = None
   _cache: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
   def __post_init__(self):
@@ -174,6 +178,9 @@ class FileTask:
     out = {"train": self.train, "validation": self.validation}
     if self.test is not None:
       out["test"] = self.test
+    if self.data_dir:
+      out = {split: path if not isinstance(path, str) or os.path.isabs(path) or "://" in path
+             else os.path.join(self.data_dir, path) for split, path in out.items()}
     return out
 
   def _table(self, split: str) -> file_readers.Table:
@@ -196,7 +203,8 @@ class FileTask:
       names = file_examples.infer_label_names(self, self._table("train"))
       self._check_label_names(names)
       logger.info("FileTask %r: label names inferred from %s: %s (class ids in that order; set "
-                  "FileTask.label_names to choose them).", self.name, self.train, list(names))
+                  "FileTask.label_names to choose them).", self.name, self.paths()["train"],
+                  list(names))
       self._cache["label_names"] = names
     return self._cache["label_names"]
 
