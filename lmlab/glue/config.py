@@ -13,6 +13,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import gin
 
+from lmlab.glue import file_tasks as file_task_lib
 from lmlab.glue import spec as glue_spec
 from lmlab.models import EncoderConfig
 from lmlab.models.config import T5Config
@@ -57,6 +58,9 @@ class FinetuneConfig:
       ``OptimizerConfig``, e.g.
       ``{"glue_rte": {"learning_rate": 1e-5, "epochs": 10, "batch_size": 16}}``.
     tfds_data_dir: Where the TFDS datasets are prepared (None: TFDS default).
+    file_tasks: Tasks of your own labelled CSV/TSV/JSONL files
+      (``[@FileTask()]``, ``lmlab.glue.file_tasks.FileTask``); those that
+      ``tasks`` names are fine-tuned like GLUE tasks.
   """
   tasks: Sequence[str] = gin.REQUIRED
   network: Optional[Union[EncoderConfig, T5Config]] = None
@@ -75,9 +79,11 @@ class FinetuneConfig:
   keep_train_checkpoints: bool = False
   per_task: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
   tfds_data_dir: Optional[str] = None
+  file_tasks: Sequence[file_task_lib.FileTask] = ()
 
   def task_names(self) -> list[str]:
     names = [self.tasks] if isinstance(self.tasks, str) else list(self.tasks)
+    file_task_lib.register_specs(self.file_tasks, names)  # the file tasks' specs join the table
     out = []
     for name in names:
       if name in (glue_spec.GLUE, glue_spec.SUPER_GLUE):
