@@ -37,7 +37,7 @@ class FileExample:
 
 
 def label_text(value: Any) -> Optional[str]:
-  """A classification label as text (JSON ``true`` -> ``"true"``, ``1.0`` -> ``"1"``); None if empty."""
+  """A classification label as text (JSON ``true``: ``"true"``, ``1.0``: ``"1"``); None if empty."""
   if value is None:
     return None
   if isinstance(value, bool):

@@ -83,9 +83,28 @@ def _open(path: str) -> Iterator[TextIO]:
     yield f
 
 
+@contextlib.contextmanager
+def _long_fields() -> Iterator[None]:
+  """Lets ``csv`` read cells longer than its default 128 KiB (long documents)."""
+  previous = csv.field_size_limit(2**31 - 1)
+  try:
+    yield
+  finally:
+    csv.field_size_limit(previous)
+
+
 def _read_delimited(path: str, f: TextIO, fmt: str) -> Table:
   reader = (csv.reader(f) if fmt == "csv"
             else csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+  try:
+    with _long_fields():
+      return _delimited_records(path, reader, fmt)
+  except csv.Error as e:
+    raise ValueError(f"{path} line {reader.line_num}: cannot be read as {fmt.upper()} "
+                     f"({e}).") from None
+
+
+def _delimited_records(path: str, reader: Iterator[list[str]], fmt: str) -> Table:
   header = next(reader, None)
   if header is None or not any(h.strip() for h in header):
     raise ValueError(f"{path} is empty: expected a header row naming the columns, then one row "
@@ -100,7 +119,8 @@ def _read_delimited(path: str, f: TextIO, fmt: str) -> Table:
       continue  # a blank line
     number = len(records) + 1
     if len(row) != len(header):
-      hint = " (quote fields that contain commas)" if fmt == "csv" and len(row) > len(header) else ""
+      extra = fmt == "csv" and len(row) > len(header)
+      hint = " (quote fields that contain commas)" if extra else ""
       raise ValueError(f"{path} row {number}: {len(row)} fields, but the header has {len(header)} "
                        f"({header}){hint}.")
     records.append((number, dict(zip(header, row))))
@@ -117,7 +137,8 @@ def _read_jsonl(path: str, f: TextIO) -> Table:
     try:
       value = json.loads(line)
     except json.JSONDecodeError as e:
-      raise ValueError(f"{path} line {number}: not valid JSON ({e.msg}, column {e.colno}).") from None
+      raise ValueError(f"{path} line {number}: not valid JSON ({e.msg}, column "
+                       f"{e.colno}).") from None
     if not isinstance(value, dict):
       raise ValueError(f"{path} line {number}: expected a JSON object ({{\"field\": value, ...}}), "
                        f"got a {type(value).__name__}.")
@@ -150,5 +171,3 @@ def read_table(path: str, fmt: str = "auto", what: Optional[str] = None) -> Tabl
       return _read_delimited(path, f, fmt)
   except UnicodeDecodeError as e:
     raise ValueError(f"{path} is not UTF-8 text (byte {e.start}): save it as UTF-8.") from None
-  except csv.Error as e:
-    raise ValueError(f"{path}: cannot be read as {fmt.upper()} ({e}).") from None

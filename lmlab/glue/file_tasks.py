@@ -147,7 +147,8 @@ class FileTask:
     valid = KIND_METRICS[self.kind]
     unknown = [m for m in self.metrics or () if m not in valid]
     if unknown:
-      raise self.error(f"unknown {self.kind} metric(s) {unknown}; the valid ones are {list(valid)}.")
+      raise self.error(f"unknown {self.kind} metric(s) {unknown}; the valid ones are "
+                       f"{list(valid)}.")
     if self.metrics == ():
       raise self.error("metrics is empty; leave it None for the defaults or name some of "
                        f"{list(valid)}.")
@@ -157,7 +158,8 @@ class FileTask:
                        f"{list(self.metrics)} or {AVERAGE!r} (their mean).")
     if self.main_metric is not None and self.metrics is None and (
         self.main_metric not in valid + (AVERAGE,)):
-      raise self.error(f"main_metric {self.main_metric!r} is not one of {list(valid + (AVERAGE,))}.")
+      raise self.error(f"main_metric {self.main_metric!r} is not one of "
+                       f"{list(valid + (AVERAGE,))}.")
 
   def _check_label_names(self, names: Sequence[str]) -> None:
     if len(names) < 2:
