@@ -13,7 +13,9 @@ from lmlab.glue import config as finetune_config  # noqa: F401  (registers)
 from lmlab.training import config, optimizers, partitioning  # noqa: F401  (registers)
 from lmlab.wrappers import encoder_decoder, masked_lm  # noqa: F401  (registers)
 from lmlab.data import preprocessors, tasks  # noqa: F401  (registers preprocessors and tasks)
+from lmlab.glue import file_tasks
 from lmlab.models import config as model_config
 
 gin.external_configurable(model_config.EncoderConfig, name="EncoderConfig")
 gin.external_configurable(model_config.T5Config, name="T5Config")
+gin.external_configurable(file_tasks.FileTask, name="FileTask")

@@ -13,6 +13,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import gin
 
+from lmlab.glue import file_tasks as file_task_lib
 from lmlab.glue import spec as glue_spec
 from lmlab.models import EncoderConfig
 from lmlab.models.config import T5Config
@@ -75,6 +76,9 @@ class FinetuneConfig:
       ``AutoModelForSequenceClassification`` (encoders) or
       ``T5ForConditionalGeneration`` (text to text) loads. Checked before
       training: the network must have a Hugging Face layout.
+    file_tasks: Tasks of your own labelled CSV/TSV/JSONL files
+      (``[@FileTask()]``, ``lmlab.glue.file_tasks.FileTask``); those that
+      ``tasks`` names are fine-tuned like GLUE tasks.
   """
   tasks: Sequence[str] = gin.REQUIRED
   network: Optional[Union[EncoderConfig, T5Config]] = None
@@ -95,9 +99,11 @@ class FinetuneConfig:
   tfds_data_dir: Optional[str] = None
   vocabulary: Optional[str] = None
   export_hugging_face: bool = False
+  file_tasks: Sequence[file_task_lib.FileTask] = ()
 
   def task_names(self) -> list[str]:
     names = [self.tasks] if isinstance(self.tasks, str) else list(self.tasks)
+    file_task_lib.register_specs(self.file_tasks, names)  # the file tasks' specs join the table
     out = []
     for name in names:
       if name in (glue_spec.GLUE, glue_spec.SUPER_GLUE):

@@ -321,8 +321,11 @@ def run_finetune(config: Optional[FinetuneConfig] = None, train: Optional[TrainC
   if config.tfds_data_dir:  # read the data from where it was checked to be prepared
     import seqio  # pylint: disable=g-import-not-at-top
     seqio.set_tfds_data_dir_override(config.tfds_data_dir)
+  # Tasks of the researcher's own files: every file is read and checked now, before training.
+  file_task_names = glue_tasks.register_file_tasks(config.file_tasks, names)
   for name in names:  # fail fast, before any training, on data that is not prepared
-    glue_tasks.check_prepared(name, config.tfds_data_dir)
+    if name not in file_task_names:
+      glue_tasks.check_prepared(name, config.tfds_data_dir)
   os.makedirs(train.model_dir, exist_ok=True)
   results: dict[str, list[dict]] = {}
   for name in names:

@@ -10,6 +10,10 @@ submission files the two leaderboards expect (GLUE: ``<Name>.tsv`` with
 columns ``index``/``prediction``; SuperGLUE: ``<Name>.jsonl`` with ``idx`` and
 ``label``).
 
+Researchers' own labelled files join the table as ``file`` tasks
+(``lmlab.glue.file_tasks.FileTask``, added with :func:`register_spec`); the
+built-in GLUE and SuperGLUE entries cannot be replaced.
+
 Task kinds:
 
 * ``classification``: one label per example (``label_names``).
@@ -30,6 +34,7 @@ from typing import Optional
 
 GLUE = "glue"
 SUPER_GLUE = "super_glue"
+FILE = "file"  # a user task read from CSV/TSV/JSONL files (lmlab.glue.file_tasks)
 KINDS = ("classification", "regression", "multiple_choice", "answer_scoring", "entity_ranking")
 
 
@@ -40,8 +45,9 @@ class TaskSpec:
   Attributes:
     name: Short lmlab name, ``<benchmark>_<task>`` (``glue_cola``,
       ``super_glue_boolq``); the seqio task names derive from it.
-    benchmark: ``glue`` or ``super_glue``.
-    tfds_name: TFDS dataset ``builder/config:version``.
+    benchmark: ``glue``, ``super_glue``, or ``file`` for a task read from the
+      researcher's own files (``lmlab.glue.file_tasks``).
+    tfds_name: TFDS dataset ``builder/config:version`` (empty for ``file`` tasks).
     kind: One of ``KINDS``.
     text_fields: TFDS text features, in the order the encoder format packs
       them (first = sentence A, second = sentence B).
@@ -52,7 +58,9 @@ class TaskSpec:
       metrics it is their mean, named ``"average"`` as on the leaderboards.
     train_split, validation_splits, test_splits: TFDS split names. Diagnostic
       sets (AX, AX-b, AX-g) only have ``test`` and are predicted by the model
-      of ``diagnostic_of``.
+      of ``diagnostic_of``. ``test_splits`` are the splits predicted into
+      ``leaderboard_files``; a ``file`` task lists its validation split there
+      too, so that its validation predictions are written beside the test ones.
     leaderboard_files: One submission file name per test split, same order.
     leaderboard_labels: How a predicted label is written in the submission
       file: ``"index"`` (the integer id), ``"name"`` (the class name), or
@@ -157,6 +165,7 @@ _SPECS = [
 ]
 
 TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in _SPECS}
+BUILTIN_TASKS = frozenset(TASKS)
 GLUE_TASKS = tuple(s.name for s in _SPECS if s.benchmark == GLUE)
 SUPER_GLUE_TASKS = tuple(s.name for s in _SPECS if s.benchmark == SUPER_GLUE)
 
@@ -169,8 +178,34 @@ def get_spec(name: str) -> TaskSpec:
       base = base.removesuffix(suffix)
       break
   if base not in TASKS:
-    raise ValueError(f"Unknown GLUE/SuperGLUE task {name!r}; known: {', '.join(TASKS)}.")
+    raise ValueError(f"Unknown GLUE/SuperGLUE task {name!r}; known: {', '.join(TASKS)}. A task of "
+                     "your own files is defined with FinetuneConfig.file_tasks = [@FileTask()].")
   return TASKS[base]
+
+
+def register_spec(spec: TaskSpec) -> TaskSpec:
+  """Adds a task that is not part of GLUE or SuperGLUE (a ``file`` task) to ``TASKS``.
+
+  Registering the same name again replaces the earlier entry (a run that is
+  configured twice in one process); the built-in GLUE and SuperGLUE tasks,
+  and the benchmark names themselves, cannot be replaced. Returns ``spec``.
+
+  Raises:
+    ValueError: A built-in name, a GLUE/SuperGLUE benchmark, or an unknown kind.
+  """
+  if spec.name in BUILTIN_TASKS or spec.name in (GLUE, SUPER_GLUE):
+    raise ValueError(f"Task name {spec.name!r} is a built-in GLUE/SuperGLUE name; give your task "
+                     "another name.")
+  if spec.benchmark in (GLUE, SUPER_GLUE):
+    raise ValueError(f"Task {spec.name!r}: only the built-in table belongs to benchmark "
+                     f"{spec.benchmark!r}; use benchmark {FILE!r}.")
+  if spec.kind not in KINDS:
+    raise ValueError(f"Task {spec.name!r}: kind {spec.kind!r} is not one of {KINDS}.")
+  if len(spec.leaderboard_files) != len(spec.test_splits):
+    raise ValueError(f"Task {spec.name!r}: {len(spec.test_splits)} test splits but "
+                     f"{len(spec.leaderboard_files)} leaderboard files.")
+  TASKS[spec.name] = spec
+  return spec
 
 
 def label_to_submission(spec: TaskSpec, label) -> object:

@@ -31,22 +31,32 @@ with the pronoun marked ``*it*`` and the candidate noun phrase ``#the cat#``,
 B = "<pronoun> refers to <noun phrase>". Everything else: the spec's two text
 fields. Mixtures ``lmlab.{glue,super_glue}_t2t_{proportional,equal}`` combine
 the text-to-text tasks with a training set.
+
+Tasks of a researcher's own files (``lmlab.glue.file_tasks.FileTask``) are
+registered the same way, in the same four formats, by
+:func:`register_file_tasks`; their examples come from the files (a
+``seqio.FunctionDataSource``) instead of TFDS, and their text-to-text prompt
+starts with the task's name.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import seqio
 import tensorflow as tf
 
+from lmlab.glue import file_tasks
 from lmlab.glue import metrics as glue_metrics
 from lmlab.data import vocabularies
 from lmlab.glue import spec as glue_spec
 from lmlab.glue.spec import TaskSpec
+
+logger = logging.getLogger(__name__)
 
 ANSWER_SEPARATOR = "\x1f"
 MULTIRC_QUESTIONS_PER_PARAGRAPH = 1000
@@ -90,6 +100,9 @@ def _wsc_marked(text: str, noun: str, noun_index: int, pronoun: str, pronoun_ind
 
 
 def _stsb_target(score: float) -> str:
+  """A score as T5 writes STS-B targets: rounded to 0.2, one decimal ("" when there is none)."""
+  if np.isnan(score):
+    return ""
   return f"{round(score * 5) / 5:.1f}"
 
 
@@ -114,7 +127,8 @@ def example_rows(spec: TaskSpec, example: Mapping[str, Any], text_to_text: bool,
                 idx_query=int(idx["query"]))
   else:
     base.update(idx=int(idx), group=int(idx))
-  task = spec.name.split("_", 2 if spec.benchmark == glue_spec.SUPER_GLUE else 1)[-1]
+  task = spec.name if spec.benchmark == glue_spec.FILE else spec.name.split(
+      "_", 2 if spec.benchmark == glue_spec.SUPER_GLUE else 1)[-1]
 
   if spec.name == "super_glue_copa":
     connector = {"cause": "because", "effect": "so"}.get(get("question"), get("question"))
@@ -326,9 +340,32 @@ def task_name(spec_name: str, fmt: str) -> str:
   return f"lmlab.{spec_name}{suffix}"
 
 
+def _file_source(spec: TaskSpec, text_to_text: bool) -> seqio.FunctionDataSource:
+  """The rows of a registered file task's examples, read from its files (held in memory)."""
+  task = file_tasks.registered(spec.name)
+  columns = _columns(spec, text_to_text)
+
+  def dataset_fn(split: str, shuffle_files: bool = False, seed: Optional[int] = None):
+    del shuffle_files, seed  # one file per split: the fine-tuning data shuffles the rows
+    rows = []
+    for example in task.examples(split):
+      fields = dict(zip(spec.text_fields, example.texts))
+      rows += example_rows(spec, {**fields, "label": example.label, "idx": example.idx},
+                           text_to_text, train=split == spec.train_split)
+    return tf.data.Dataset.from_tensor_slices({
+        name: np.asarray([row[name] for row in rows],
+                         object if dtype == tf.string else dtype.as_numpy_dtype)
+        for name, dtype in columns.items()})
+
+  counts = {split: len(task.examples(split)) for split in task.paths()}
+  return seqio.FunctionDataSource(dataset_fn, splits=list(counts), num_input_examples=counts)
+
+
 def _register(spec: TaskSpec, fmt: str) -> str:
   name = task_name(spec.name, fmt)
   text_to_text = fmt in ("t2t", "byt5_t2t")
+  source = (_file_source(spec, text_to_text) if spec.benchmark == glue_spec.FILE
+            else _SplitAwareSource(spec, text_to_text))
   vocab = _vocabulary(fmt)
   keys = ("inputs", "targets") if text_to_text else ("inputs_a", "inputs_b")
   preprocessors = ([] if text_to_text else [_rename_pair]) + [
@@ -340,7 +377,7 @@ def _register(spec: TaskSpec, fmt: str) -> str:
   evaluation = dict(postprocess_fn=seqio_postprocessor(spec),
                     metric_fns=[glue_metrics.seqio_metric_fn(spec)]) if text_to_text else {}
   seqio.TaskRegistry.add(
-      name, source=_SplitAwareSource(spec, text_to_text), preprocessors=preprocessors,
+      name, source=source, preprocessors=preprocessors,
       output_features={k: seqio.Feature(vocab, add_eos=True) for k in keys},
       shuffle_buffer_size=1024, **evaluation)
   return name
@@ -362,6 +399,26 @@ for _benchmark, _members in ((glue_spec.GLUE, glue_spec.GLUE_TASKS),
   _register_mixture(f"lmlab.{_benchmark}_t2t_proportional", _trainable,
                     lambda m: float(glue_spec.TASKS[m].train_examples))
   _register_mixture(f"lmlab.{_benchmark}_t2t_equal", _trainable, lambda m: 1.0)
+
+
+def register_file_tasks(tasks: Sequence[file_tasks.FileTask],
+                        names: Optional[Sequence[str]] = None) -> list[str]:
+  """Reads and checks the files of the file tasks ``names`` lists, and registers their seqio tasks.
+
+  Every file is read in full here, so a missing file, column or label fails
+  the run before any training. Each task gets ``TASK_NAMES[name]`` in every
+  format of ``FORMATS``, like the GLUE tasks. Returns the registered names.
+  """
+  chosen = file_tasks.select(tasks, names)
+  for task in file_tasks.select(tasks, None):
+    if task.name not in {t.name for t in chosen}:
+      logger.warning("FileTask %r is defined but not in FinetuneConfig.tasks: not fine-tuned.",
+                      task.name)
+  for task in chosen:
+    task.check()
+    spec = file_tasks.register(task)
+    TASK_NAMES[spec.name] = {fmt: _register(spec, fmt) for fmt in FORMATS}
+  return [task.name for task in chosen]
 
 
 def check_prepared(name: Union[str, TaskSpec], tfds_data_dir: Optional[str]) -> None:

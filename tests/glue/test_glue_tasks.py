@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 
 from lmlab.glue import spec as glue_spec
 from lmlab.glue import tasks as glue_tasks
-from lmlab.glue.spec import TASKS
+from lmlab.glue.spec import BUILTIN_TASKS as TASKS
 
 # One example per task, shaped like the TFDS features (strings, ids, labels).
 PAIR = {"sentence1": "The cat sat.", "sentence2": "A cat was sitting."}
