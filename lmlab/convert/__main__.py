@@ -38,7 +38,7 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from lmlab.convert import auto, bigs, common
+from lmlab.convert import auto, common
 from lmlab.models.config import EncoderConfig, T5Config
 
 FAMILIES = auto.FAMILIES

@@ -183,19 +183,16 @@ def _model_type(hf_config: Mapping[str, Any], folder: str,
     raise ConversionError(
         f"{os.path.join(folder, common.CONFIG_FILE)} names neither a model_type nor a known "
         f"architecture; supported model types: {list(MODEL_TYPES)}.")
+  return _checked_model_type(model_type, f"in {folder}, is not supported; lmlab imports")
+
+
+def _checked_model_type(model_type: str, problem: str = "is not supported; lmlab exports") -> str:
+  """``model_type`` in lower case with dashes, if it is one of ``MODEL_TYPES``."""
   normalised = str(model_type).lower().replace("_", "-")
   if normalised not in _FAMILY_OF:
     raise ConversionError(
-        f"model_type={model_type!r} (in {folder}) is not supported; lmlab imports "
-        f"{list(MODEL_TYPES)} (BERT/RoBERTa/XLM-R encoders, T5/mT5/ByT5/Flan-T5, BiGS).")
-  return normalised
-
-
-def _checked_model_type(model_type: str) -> str:
-  normalised = str(model_type).lower().replace("_", "-")
-  if normalised not in _FAMILY_OF:
-    raise ConversionError(
-        f"model_type={model_type!r} is not supported; lmlab exports {list(MODEL_TYPES)}.")
+        f"model_type={model_type!r} {problem} {list(MODEL_TYPES)} (BERT/RoBERTa/XLM-R "
+        "encoders, T5/mT5/ByT5/Flan-T5, BiGS).")
   return normalised
 
 
@@ -432,7 +429,7 @@ def copy_tokenizer_files(tokenizer_dir: str | os.PathLike,
 
 def _with_labels(base: dict[str, Any], params: Params,
                  label_names: Optional[Sequence[str]]) -> dict[str, Any]:
-  """``base`` with ``id2label``/``label2id`` from ``label_names`` (checked against the classifier)."""
+  """``base`` with ``id2label``/``label2id`` from ``label_names``, checked against the classifier."""
   if label_names is None:
     return base
   label_names = [str(name) for name in label_names]

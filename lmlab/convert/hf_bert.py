@@ -314,7 +314,8 @@ def bert_plan(config: EncoderConfig, model_type: str = "bert",
   offset = position_offset(model_type, config.pad_id)
   plan = [
       Entry(emb + ("token_embedder", "embedding"), f"{prefix}embeddings.word_embeddings.weight"),
-      Entry(emb + ("position_embedder", "embedding"), f"{prefix}embeddings.position_embeddings.weight",
+      Entry(emb + ("position_embedder", "embedding"),
+            f"{prefix}embeddings.position_embeddings.weight",
             common.leading_rows_dropped(offset) if offset else COPY),
       Entry(emb + ("token_type_embedder", "embedding"),
             f"{prefix}embeddings.token_type_embeddings.weight"),
@@ -463,7 +464,8 @@ def params_from_hf(state: Mapping[str, np.ndarray], config: EncoderConfig,
   tied = config.tie_output_embedding
   duplicates = _duplicates(config, model_type) if "mlm_head" in heads else {}
   ignorable = () if tied else tuple(duplicates)
-  if roberta_like(model_type) and "classifier" in heads:  # Unused by RobertaForSequenceClassification.
+  if roberta_like(model_type) and "classifier" in heads:
+    # An old file's <p>.pooler: RobertaForSequenceClassification does not use it.
     ignorable += tuple(name for name in state
                        if name.startswith(f"{base_prefix(model_type)}.pooler."))
   params = common.import_state(

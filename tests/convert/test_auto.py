@@ -196,7 +196,7 @@ def t5_layouts(tmp_path_factory):
 
 
 def bert_inputs(config: EncoderConfig, length: int = 16):
-  """Two rows, the second right-padded from 3/4 of the length; token types where the model has two."""
+  """Two rows, the second right-padded from 3/4 of the length, and token types."""
   rng = np.random.RandomState(0)
   ids = rng.randint(5, config.vocab_size, (2, length)).astype(np.int32)
   ids[1, 3 * length // 4:] = config.pad_id
@@ -504,7 +504,8 @@ def test_cli_auto_import_and_export_with_tokenizer(bert_layouts, tokenizer_dir, 
   assert convert_main(["import", "--family", "auto", "--hf_dir", bert_layouts["st_nested"][0],
                        "--output", params]) == 0
   sidecar = json.loads((tmp_path / "st.config.json").read_text())
-  assert sidecar["family"] == "bert" and sidecar["architecture"] == "sentence-transformers/BertModel"
+  assert sidecar["family"] == "bert"
+  assert sidecar["architecture"] == "sentence-transformers/BertModel"
   assert sidecar["pooling"] == "cls" and sidecar["missing"] == ["mlm_head"]
   assert convert_main(["export", "--params", params, "--hf_dir", str(tmp_path / "out"),
                        "--tokenizer_dir", str(tokenizer_dir)]) == 0
