@@ -70,7 +70,7 @@ MODEL_TYPE = "BiGS"
 WEIGHTS_FILE = "flax_model.msgpack"
 HEADS = ("mlm", "classification")
 POOLER_TYPE = "non_padding_mean"
-_ARCHITECTURES = {"mlm": "FlaxBiGSForMaskedLM",
+ARCHITECTURES = {"mlm": "FlaxBiGSForMaskedLM",
                   "classification": "FlaxBiGSForSequenceClassification"}
 BASE = "s4_bert"  # Attribute name of the base model in every reference head module.
 # Other spellings of the base model's top key: the FlaxPreTrainedModel
@@ -220,7 +220,7 @@ def bigs_config_to_reference(config: EncoderConfig, head: str = "mlm",
   _check_exportable(config)
   ref = dict(base or {})
   ref.update({
-      "architectures": [_ARCHITECTURES[head]],
+      "architectures": [ARCHITECTURES[head]],
       "model_type": MODEL_TYPE,
       "vocab_size": config.vocab_size,
       "hidden_size": config.d_model,

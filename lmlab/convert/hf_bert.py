@@ -1,4 +1,4 @@
-"""Hugging Face BERT / RoBERTa checkpoints <-> lmlab encoder parameters (MLM, pooler, classifier).
+"""Hugging Face BERT / RoBERTa / XLM-R checkpoints <-> lmlab encoder parameters (MLM, pooler, classifier).
 
 Only the original BERT layout has a Hugging Face counterpart: post-LN
 LayerNorm with biases, learned absolute positions, token-type embeddings,
@@ -6,7 +6,7 @@ an ungated MLP, and the MLM head ``dense -> gelu -> LayerNorm -> decoder``.
 Other lmlab layouts (pre-LN, RMSNorm, RoPE/ALiBi, gated MLPs, no biases) are
 refused with a ``ConversionError``.
 
-Name mapping (``<p>`` is ``bert`` or ``roberta``, ``<i>`` a block)::
+Name mapping (``<p>`` is ``bert``, or ``roberta`` for RoBERTa and XLM-R, ``<i>`` a block)::
 
   <p>.embeddings.{word,position,token_type}_embeddings.weight
                        encoder/embeddings/{token,position,token_type}_embedder/embedding
@@ -21,20 +21,31 @@ Name mapping (``<p>`` is ``bert`` or ``roberta``, ``<i>`` a block)::
   lm_head.{dense,layer_norm}.*                (RoBERTa) mlm_head/{transform,norm}/*
   cls.predictions.bias / lm_head.bias                  mlm_head/bias (tied decoder)
   <p>.pooler.dense.{weight,bias}                       pooler/{kernel,bias}
-  classifier.{weight,bias}              (BERT only)    classifier/{kernel,bias}
+  classifier.{weight,bias}                     (BERT)  classifier/{kernel,bias}
+  classifier.dense.{weight,bias}            (RoBERTa)  pooler/{kernel,bias}
+  classifier.out_proj.{weight,bias}         (RoBERTa)  classifier/{kernel,bias}
+
+Base models (``BertModel``, ``RobertaModel``, what ``save_pretrained`` of a
+base model and sentence-transformers folders hold) name their tensors
+without the ``<p>.`` prefix; import accepts both spellings, and export writes
+a tree without MLM head or classifier the way ``BertModel.save_pretrained``
+does (no prefix).
 
 Heads. The parts of a checkpoint beyond the encoder are read from its
 tensors (``HEADS``): ``mlm_head`` (``BertForMaskedLM``, ``RobertaForMaskedLM``,
 the MLM half of ``BertForPreTraining``), ``pooler`` (``BertModel``,
 ``BertForPreTraining``, ``BertForSequenceClassification``; released BERT
 checkpoints such as ``bert-base-uncased`` carry it) and ``classifier``
-(``BertForSequenceClassification``). The pooler is Hugging Face's
-``tanh(dense(h_[CLS]))``, which is exactly lmlab's
+(``BertForSequenceClassification``, ``RobertaForSequenceClassification``).
+The pooler is Hugging Face's ``tanh(dense(h_[CLS]))``, which is exactly lmlab's
 ``EncoderForSequenceClassification(..., pooling="cls")`` pooler, so a fine-tune
 that starts from an imported BERT starts from BERT's pooled-[CLS] classifier
 input. Next-sentence weights (``cls.seq_relationship``) have no lmlab
-counterpart and are dropped. Export writes back whatever parts the
-parameters hold.
+counterpart and are dropped. RoBERTa's classification head
+``out_proj(tanh(dense(h_<s>)))`` is the same function, so its ``dense`` is
+lmlab's ``pooler`` and its ``out_proj`` the ``classifier`` (a ``<p>.pooler``
+that old RoBERTa classifier files may carry is unused there and dropped).
+Export writes back whatever parts the parameters hold.
 
 RoBERTa positions: Hugging Face numbers real tokens from ``pad_token_id + 1``
 (2 for the released models), pads get ``pad_token_id``, and the rows below
@@ -65,11 +76,13 @@ from lmlab.convert.common import (COPY, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR,
 from lmlab.models.config import EncoderConfig
 from lmlab.models.encoder import EncoderForMaskedLM, EncoderForSequenceClassification
 
-MODEL_TYPES = ("bert", "roberta")
+# model_type -> (tensor prefix of the base model, stem of the Hugging Face class names).
+# XLM-R is RoBERTa's layout under another name (and a larger vocabulary).
+_VARIANTS = {"bert": ("bert", "Bert"), "roberta": ("roberta", "Roberta"),
+             "xlm-roberta": ("roberta", "XLMRoberta")}
+MODEL_TYPES = tuple(_VARIANTS)
 # Top-level lmlab parameters besides ``encoder`` that a checkpoint may hold.
 HEADS = ("mlm_head", "pooler", "classifier")
-_ARCHITECTURES = {"bert": "BertForMaskedLM", "roberta": "RobertaForMaskedLM"}
-_CLASSIFICATION_ARCHITECTURE = "BertForSequenceClassification"
 # Hugging Face ``hidden_act`` -> lmlab activation with exactly the same function.
 _FROM_HF_ACTIVATION = {"gelu": "gelu", "relu": "relu", "silu": "silu", "swish": "silu"}
 _TO_HF_ACTIVATION = {"gelu": "gelu", "relu": "relu", "silu": "silu"}
@@ -78,9 +91,37 @@ _IGNORABLE_PREFIXES = ("cls.seq_relationship.",)
 _IGNORABLE_SUFFIXES = ("embeddings.position_ids",)
 
 
+def _check_model_type(model_type: str) -> None:
+  if model_type not in _VARIANTS:
+    raise common.ConversionError(f"model_type={model_type!r} is not one of {MODEL_TYPES}.")
+
+
+def base_prefix(model_type: str) -> str:
+  """Name of the base model inside the task classes: ``bert``, or ``roberta`` (also XLM-R)."""
+  _check_model_type(model_type)
+  return _VARIANTS[model_type][0]
+
+
+def roberta_like(model_type: str) -> bool:
+  """Whether the model has RoBERTa's layout (position offset, ``lm_head``, classification head)."""
+  return base_prefix(model_type) == "roberta"
+
+
+def architecture(model_type: str, heads: Sequence[str]) -> str:
+  """The Hugging Face class that holds exactly ``heads``: ``<Stem>ForSequenceClassification``
+  with a classifier, ``<Stem>ForMaskedLM`` with an MLM head, else ``<Stem>Model``."""
+  _check_model_type(model_type)
+  stem = _VARIANTS[model_type][1]
+  if "classifier" in heads:
+    return f"{stem}ForSequenceClassification"
+  if "mlm_head" in heads:
+    return f"{stem}ForMaskedLM"
+  return f"{stem}Model"
+
+
 def position_offset(model_type: str, pad_id: int) -> int:
   """Hugging Face position table rows that lmlab drops: ``pad_id + 1`` for RoBERTa, else 0."""
-  return pad_id + 1 if model_type == "roberta" else 0
+  return pad_id + 1 if roberta_like(model_type) else 0
 
 
 def bert_config_from_hf(hf_config: Mapping[str, Any]) -> EncoderConfig:
@@ -107,7 +148,7 @@ def bert_config_from_hf(hf_config: Mapping[str, Any]) -> EncoderConfig:
     raise common.ConversionError(
         f"hidden_act={act!r} has no exact lmlab equivalent here (lmlab's MLM head always uses "
         "exact gelu; RoBERTa's MLP may also use relu/silu).")
-  pad_id = hf_config.get("pad_token_id", 1 if model_type == "roberta" else 0)
+  pad_id = hf_config.get("pad_token_id", 1 if roberta_like(model_type) else 0)
   pad_id = 0 if pad_id is None else pad_id
   max_positions = hf_config.get("max_position_embeddings", 512) - position_offset(model_type,
                                                                                   pad_id)
@@ -141,8 +182,7 @@ def bert_config_from_hf(hf_config: Mapping[str, Any]) -> EncoderConfig:
 
 
 def _check_exportable(config: EncoderConfig, model_type: str) -> None:
-  if model_type not in MODEL_TYPES:
-    raise common.ConversionError(f"model_type={model_type!r} is not one of {MODEL_TYPES}.")
+  _check_model_type(model_type)
   problems = common.bert_layout_problems(config)
   if config.norm_type != "layernorm" or config.norm_position != "post":
     problems.append(f"{config.norm_position}-{config.norm_type} (needs post-layernorm)")
@@ -161,19 +201,10 @@ def _check_heads(heads: Sequence[str], model_type: str) -> None:
   unknown = sorted(set(heads) - set(HEADS))
   if unknown:
     raise common.ConversionError(f"Unknown heads {unknown}; known: {HEADS}.")
-  if "classifier" in heads and (model_type != "bert" or "pooler" not in heads
-                                or "mlm_head" in heads):
+  if "classifier" in heads and ("pooler" not in heads or "mlm_head" in heads):
     raise common.ConversionError(
-        "A classifier is exported as BertForSequenceClassification, which needs model_type "
-        f"'bert', a pooler and no MLM head (got {model_type!r} with {tuple(heads)}).")
-
-
-def _architecture(model_type: str, heads: Sequence[str]) -> str:
-  if "classifier" in heads:
-    return _CLASSIFICATION_ARCHITECTURE
-  if "mlm_head" in heads:
-    return _ARCHITECTURES[model_type]
-  return "RobertaModel" if model_type == "roberta" else "BertModel"
+        f"A classifier is exported as {architecture(model_type, heads)}, which needs a pooler "
+        f"and no MLM head (got {tuple(heads)}).")
 
 
 def bert_config_to_hf(config: EncoderConfig, model_type: str = "bert",
@@ -184,7 +215,7 @@ def bert_config_to_hf(config: EncoderConfig, model_type: str = "bert",
 
   Args:
     config: lmlab config (BERT layout).
-    model_type: ``bert`` or ``roberta``.
+    model_type: One of ``MODEL_TYPES``.
     base: Optional original Hugging Face config; its entries that lmlab does
       not model (token ids, tokenizer class, ...) are kept.
     heads: Parts of the parameters besides the encoder (``HEADS``); they
@@ -197,7 +228,7 @@ def bert_config_to_hf(config: EncoderConfig, model_type: str = "bert",
   _check_exportable(config, model_type)
   _check_heads(heads, model_type)
   hf = dict(base or {})
-  if model_type == "roberta":
+  if roberta_like(model_type):
     hf.setdefault("bos_token_id", 0)
     hf.setdefault("eos_token_id", 2)
   if "classifier" in heads and num_classes is not None:
@@ -206,7 +237,7 @@ def bert_config_to_hf(config: EncoderConfig, model_type: str = "bert",
       hf["id2label"] = {str(i): f"LABEL_{i}" for i in range(num_classes)}
       hf["label2id"] = {f"LABEL_{i}": i for i in range(num_classes)}
   hf.update({
-      "architectures": [_architecture(model_type, heads)],
+      "architectures": [architecture(model_type, heads)],
       "model_type": model_type,
       "vocab_size": config.vocab_size,
       "hidden_size": config.d_model,
@@ -258,29 +289,41 @@ def _norm(path: tuple[str, ...], name: str) -> list[Entry]:
 
 def _head_names(model_type: str) -> tuple[str, str, str, str]:
   """Names of the MLM head's transform, norm, decoder and output bias."""
-  if model_type == "roberta":
+  if roberta_like(model_type):
     return "lm_head.dense", "lm_head.layer_norm", "lm_head.decoder", "lm_head.bias"
   return ("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm",
           "cls.predictions.decoder", "cls.predictions.bias")
 
 
+def _classification_names(model_type: str, prefix: str) -> tuple[str, str]:
+  """Hugging Face names of the pooler and the classifier of a sequence classifier."""
+  if roberta_like(model_type):
+    return "classifier.dense", "classifier.out_proj"
+  return f"{prefix}pooler.dense", "classifier"
+
+
 def bert_plan(config: EncoderConfig, model_type: str = "bert",
-              heads: Sequence[str] = ("mlm_head",)) -> list[Entry]:
-  """Every lmlab parameter (unscanned layout) with its Hugging Face tensor, in state-dict order."""
-  p = model_type
+              heads: Sequence[str] = ("mlm_head",), prefixed: bool = True) -> list[Entry]:
+  """Every lmlab parameter (unscanned layout) with its Hugging Face tensor, in state-dict order.
+
+  ``prefixed``: base-model tensors are named ``<p>.embeddings...`` (task
+  classes) rather than ``embeddings...`` (``BertModel`` / ``RobertaModel``).
+  """
+  prefix = f"{base_prefix(model_type)}." if prefixed else ""
   emb = ("encoder", "embeddings")
   offset = position_offset(model_type, config.pad_id)
   plan = [
-      Entry(emb + ("token_embedder", "embedding"), f"{p}.embeddings.word_embeddings.weight"),
-      Entry(emb + ("position_embedder", "embedding"), f"{p}.embeddings.position_embeddings.weight",
+      Entry(emb + ("token_embedder", "embedding"), f"{prefix}embeddings.word_embeddings.weight"),
+      Entry(emb + ("position_embedder", "embedding"),
+            f"{prefix}embeddings.position_embeddings.weight",
             common.leading_rows_dropped(offset) if offset else COPY),
       Entry(emb + ("token_type_embedder", "embedding"),
-            f"{p}.embeddings.token_type_embeddings.weight"),
+            f"{prefix}embeddings.token_type_embeddings.weight"),
   ]
-  plan += _norm(emb + ("norm",), f"{p}.embeddings.LayerNorm")
+  plan += _norm(emb + ("norm",), f"{prefix}embeddings.LayerNorm")
   for i in range(config.num_layers):
     layer = ("encoder", f"layers_{i}")
-    hf = f"{p}.encoder.layer.{i}"
+    hf = f"{prefix}encoder.layer.{i}"
     for name in ("query", "key", "value"):
       plan += _dense(layer + ("attention", name), f"{hf}.attention.self.{name}", HEADS_IN,
                      HEADS_BIAS)
@@ -289,8 +332,9 @@ def bert_plan(config: EncoderConfig, model_type: str = "bert",
     plan += _dense(layer + ("mlp", "wi"), f"{hf}.intermediate.dense")
     plan += _dense(layer + ("mlp", "wo"), f"{hf}.output.dense")
     plan += _norm(layer + ("mlp_norm",), f"{hf}.output.LayerNorm")
+  pooler, classifier = _classification_names(model_type, prefix)
   if "pooler" in heads:
-    plan += _dense(("pooler",), f"{p}.pooler.dense")
+    plan += _dense(("pooler",), pooler if "classifier" in heads else f"{prefix}pooler.dense")
   if "mlm_head" in heads:
     transform, norm, decoder, bias = _head_names(model_type)
     plan += _dense(("mlm_head", "transform"), transform)
@@ -300,15 +344,15 @@ def bert_plan(config: EncoderConfig, model_type: str = "bert",
     else:
       plan += _dense(("mlm_head", "decoder"), decoder)
   if "classifier" in heads:
-    plan += _dense(("classifier",), "classifier")
+    plan += _dense(("classifier",), classifier)
   return plan
 
 
 def _duplicates(config: EncoderConfig, model_type: str) -> dict[str, str]:
-  """Tensors that ``state_dict()`` holds as copies of another one."""
+  """Tensors that ``state_dict()`` holds as copies of another one (MLM classes, prefixed)."""
   _, _, decoder, bias = _head_names(model_type)
   if config.tie_output_embedding:
-    return {f"{decoder}.weight": f"{model_type}.embeddings.word_embeddings.weight",
+    return {f"{decoder}.weight": f"{base_prefix(model_type)}.embeddings.word_embeddings.weight",
             f"{decoder}.bias": bias}
   # Untied, Hugging Face computes with decoder.bias and leaves `bias` unused
   # (it is still a parameter, so export fills it with decoder.bias).
@@ -317,11 +361,39 @@ def _duplicates(config: EncoderConfig, model_type: str) -> dict[str, str]:
 
 def hf_heads(state: Mapping[str, Any], model_type: str = "bert") -> tuple[str, ...]:
   """The ``HEADS`` whose tensors a Hugging Face state dict holds."""
-  mlm_prefix = "lm_head." if model_type == "roberta" else "cls.predictions."
-  prefixes = {"mlm_head": mlm_prefix, "pooler": f"{model_type}.pooler.",
-              "classifier": "classifier."}
+  base = base_prefix(model_type)
+  if roberta_like(model_type):
+    prefixes = {"mlm_head": ("lm_head.",), "pooler": (f"{base}.pooler.", "pooler.",
+                                                      "classifier.dense."),
+                "classifier": ("classifier.out_proj.",)}
+  else:
+    prefixes = {"mlm_head": ("cls.predictions.",), "pooler": (f"{base}.pooler.", "pooler."),
+                "classifier": ("classifier.",)}
   return tuple(head for head in HEADS
                if any(name.startswith(prefixes[head]) for name in state))
+
+
+def is_prefixed(state: Mapping[str, Any], model_type: str = "bert") -> bool:
+  """Whether base-model tensors carry the ``<p>.`` prefix; ``False`` only for a state dict
+  with an unprefixed ``embeddings.word_embeddings.weight`` (a saved base model)."""
+  return "embeddings.word_embeddings.weight" not in state or any(
+      name.startswith(f"{base_prefix(model_type)}.") for name in state)
+
+
+def dropped_parts(state: Mapping[str, Any], model_type: str = "bert") -> tuple[str, ...]:
+  """Parts of a checkpoint that import leaves out because no lmlab network uses them.
+
+  BERT's next-sentence head (``cls.seq_relationship``) and the ``<p>.pooler``
+  that old RoBERTa classifier files carry but never use.
+  """
+  dropped = []
+  if any(name.startswith(_IGNORABLE_PREFIXES) for name in state):
+    dropped.append(_IGNORABLE_PREFIXES[0].rstrip("."))
+  base = base_prefix(model_type)
+  if (roberta_like(model_type) and "classifier" in hf_heads(state, model_type)
+      and any(name.startswith(f"{base}.pooler.") for name in state)):
+    dropped.append(f"{base}.pooler")
+  return tuple(dropped)
 
 
 def params_heads(params: Params) -> tuple[str, ...]:
@@ -364,10 +436,13 @@ def params_from_hf(state: Mapping[str, np.ndarray], config: EncoderConfig,
   ``EncoderForSequenceClassification(..., pooling="cls")`` (with pooler and
   classifier); a pooler next to an MLM head is kept for fine-tuning.
 
+  Base-model tensors may carry the ``<p>.`` prefix or not (``BertModel``
+  files have none).
+
   Args:
     state: Tensor name -> array (``state_dict()`` or ``model.safetensors``).
     config: lmlab config (``bert_config_from_hf``); ``scan_layers`` is honoured.
-    model_type: ``bert`` or ``roberta`` (tensor prefixes, position offset).
+    model_type: One of ``MODEL_TYPES`` (tensor prefixes, position offset).
 
   Returns:
     Nested dict of float32 numpy arrays shaped like the lmlab init.
@@ -380,15 +455,22 @@ def params_from_hf(state: Mapping[str, np.ndarray], config: EncoderConfig,
   state = _normalise_names(state)
   heads = hf_heads(state, model_type)
   _check_heads(heads, model_type)
-  num_classes = int(np.shape(state["classifier.weight"])[0]) if "classifier" in heads else 1
+  prefixed = is_prefixed(state, model_type)
   flat_config = _unscanned(config)
+  plan = bert_plan(flat_config, model_type, heads, prefixed)
+  num_classes = 1
+  if "classifier" in heads:
+    num_classes = int(np.shape(state[plan[-1].hf_name])[0])  # the classifier's bias
   tied = config.tie_output_embedding
   duplicates = _duplicates(config, model_type) if "mlm_head" in heads else {}
+  ignorable = () if tied else tuple(duplicates)
+  if roberta_like(model_type) and "classifier" in heads:
+    # An old file's <p>.pooler: RobertaForSequenceClassification does not use it.
+    ignorable += tuple(name for name in state
+                       if name.startswith(f"{base_prefix(model_type)}.pooler."))
   params = common.import_state(
-      state, bert_plan(flat_config, model_type, heads),
-      abstract_bert_params(flat_config, heads, num_classes),
-      duplicates=duplicates if tied else None,
-      ignorable=() if tied else tuple(duplicates), what=f"{model_type} model")
+      state, plan, abstract_bert_params(flat_config, heads, num_classes),
+      duplicates=duplicates if tied else None, ignorable=ignorable, what=f"{model_type} model")
   return common.stack_layers(params, config.num_layers) if config.scan_layers else params
 
 
@@ -397,7 +479,9 @@ def params_to_hf(params: Params, config: EncoderConfig, model_type: str = "bert"
 
   Holds the encoder and every head the tree has (pooler included), and the
   tied ``decoder`` copies of an MLM head, as ``state_dict()`` does. For
-  RoBERTa the position rows below ``pad_token_id + 1`` are zeros.
+  RoBERTa the position rows below ``pad_token_id + 1`` are zeros. Without
+  MLM head and classifier the names carry no ``<p>.`` prefix, as in
+  ``BertModel.state_dict()``.
   """
   _check_exportable(config, model_type)
   heads = params_heads(params)
@@ -407,13 +491,18 @@ def params_to_hf(params: Params, config: EncoderConfig, model_type: str = "bert"
     params = common.unstack_layers(params, config.num_layers)
   flat_config = _unscanned(config)
   return common.export_state(
-      params, bert_plan(flat_config, model_type, heads),
+      params, bert_plan(flat_config, model_type, heads, _export_prefixed(heads)),
       abstract_bert_params(flat_config, heads, num_classes),
       duplicates=_duplicates(config, model_type) if "mlm_head" in heads else None)
 
 
+def _export_prefixed(heads: Sequence[str]) -> bool:
+  """Task classes prefix their base model's tensors; base models (pooler at most) do not."""
+  return bool({"mlm_head", "classifier"} & set(heads))
+
+
 def load_hf_bert(folder: str | os.PathLike) -> tuple[EncoderConfig, Params]:
-  """lmlab config and parameters of a BERT/RoBERTa MLM folder (config.json + safetensors).
+  """lmlab config and parameters of a BERT/RoBERTa folder (config.json + safetensors).
 
   Use ``hf_model_type(folder)`` to tell BERT from RoBERTa when saving back.
   """
@@ -423,7 +512,7 @@ def load_hf_bert(folder: str | os.PathLike) -> tuple[EncoderConfig, Params]:
 
 
 def hf_model_type(folder: str | os.PathLike) -> str:
-  """``bert`` or ``roberta``: the model type recorded in a folder's config.json."""
+  """``bert``, ``roberta`` or ``xlm-roberta``: the model type recorded in a folder's config.json."""
   return common.require_model_type(common.read_hf_config(folder), MODEL_TYPES, "BERT")
 
 
@@ -431,12 +520,12 @@ def save_hf_bert(folder: str | os.PathLike, config: EncoderConfig, params: Param
                  model_type: str = "bert", base: Optional[Mapping[str, Any]] = None) -> None:
   """Writes a folder that Hugging Face's ``from_pretrained`` loads.
 
-  The recorded architecture follows the heads: ``{Bert,Roberta}ForMaskedLM``
-  with an MLM head (a pooler is written too; ``BertForMaskedLM`` does not
-  use it, ``BertForPreTraining``/``BertModel`` do),
-  ``BertForSequenceClassification`` with a classifier, else ``BertModel`` /
-  ``RobertaModel``. Tied decoder copies are left out, as ``save_pretrained``
-  does.
+  The recorded architecture follows the heads (``architecture``):
+  ``<Stem>ForMaskedLM`` with an MLM head (a pooler is written too;
+  ``BertForMaskedLM`` does not use it, ``BertForPreTraining``/``BertModel``
+  do), ``<Stem>ForSequenceClassification`` with a classifier, else
+  ``<Stem>Model`` (tensors without prefix). Tied decoder copies are left
+  out, as ``save_pretrained`` does.
   """
   state = params_to_hf(params, config, model_type)
   heads = params_heads(params)

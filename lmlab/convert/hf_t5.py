@@ -1,9 +1,15 @@
-"""Hugging Face ``T5ForConditionalGeneration`` <-> lmlab ``EncoderDecoder`` checkpoints.
+"""Hugging Face ``T5ForConditionalGeneration`` / ``T5EncoderModel`` <-> lmlab ``EncoderDecoder`` checkpoints.
 
 Covers T5 v1.0 (ReLU MLP, output projection tied to the embedding and scaled
-by ``d_model**-0.5``), T5 v1.1 and ByT5 (gated GELU with the tanh
-approximation, separate unscaled output projection). MrT5's delete gate has
-no Hugging Face counterpart and is refused on export.
+by ``d_model**-0.5``), T5 v1.1, Flan-T5, mT5 and ByT5 (gated GELU with the
+tanh approximation, separate unscaled output projection). MrT5's delete gate
+has no Hugging Face counterpart and is refused on export.
+
+Encoder-only files (``T5EncoderModel``, ``MT5EncoderModel``: ``shared`` and
+``encoder.*``, no ``decoder.*``) import into the ``token_embedder`` and
+``encoder`` subtrees alone; the tree then has no ``decoder``, and a network
+that needs one initialises it fresh. Such a tree exports back as
+``T5EncoderModel``.
 
 Name mapping (``<s>`` is ``encoder`` or ``decoder``, ``<i>`` a block)::
 
@@ -47,6 +53,11 @@ from lmlab.models.encoder_decoder import EncoderDecoder
 
 # mT5 is T5 v1.1 under another name (UMT5's per-block position biases are not).
 MODEL_TYPES = ("t5", "mt5")
+# Parts of a full T5ForConditionalGeneration beyond the encoder and the shared
+# embedding: the decoder stack and the vocabulary projection (``decoder/logits_dense``
+# when untied, the scaled embedding when tied).
+HEADS = ("decoder", "lm_head")
+_CLASS_STEMS = {"t5": "T5", "mt5": "MT5"}
 # Hugging Face ``feed_forward_proj`` <-> lmlab ``mlp_activation``, for the
 # pairs that compute exactly the same function ("gelu" in a gated T5 is
 # Hugging Face's tanh-approximated ``gelu_new``).
@@ -85,9 +96,13 @@ def t5_config_from_hf(hf_config: Mapping[str, Any]) -> T5Config:
   5), else ``tie_word_embeddings`` (mT5: never). lmlab starts decoding with ``pad_id``, as
   every released T5 does (``decoder_start_token_id`` is not read).
 
+  Encoder-only configs (``T5EncoderModel``: ``is_encoder_decoder`` false)
+  give the same config; the decoder sizes then describe the decoder a full
+  network would get.
+
   Raises:
-    ConversionError: For a ``model_type`` other than t5/mt5 or an MLP
-      activation without an exact lmlab equivalent.
+    ConversionError: For a ``model_type`` other than t5/mt5, a decoder-only
+      config or an MLP activation without an exact lmlab equivalent.
   """
   model_type = common.require_model_type(hf_config, MODEL_TYPES, "T5")
   proj = hf_config.get("feed_forward_proj", "relu")
@@ -95,8 +110,9 @@ def t5_config_from_hf(hf_config: Mapping[str, Any]) -> T5Config:
     raise common.ConversionError(
         f"T5 feed_forward_proj={proj!r} has no exact lmlab equivalent; supported: "
         f"{sorted(_FROM_HF_ACTIVATION)}.")
-  if hf_config.get("is_decoder", False) or not hf_config.get("is_encoder_decoder", True):
-    raise common.ConversionError("Only encoder-decoder T5 checkpoints are supported.")
+  if hf_config.get("is_decoder", False):
+    raise common.ConversionError("Decoder-only T5 checkpoints are not supported (only "
+                                 "encoder-decoder and encoder-only ones).")
   scaled = hf_config.get("scale_decoder_outputs", hf_config.get("tie_word_embeddings", True))
   if model_type == "mt5":  # Never scaled (and never tied in the released weights).
     scaled = False
@@ -129,24 +145,39 @@ def _first(value: Any, default: int) -> int:
   return default if value is None else int(value)
 
 
-def t5_config_to_hf(config: T5Config,
-                    base: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+def architecture(model_type: str = "t5", decoder: bool = True) -> str:
+  """``T5ForConditionalGeneration`` / ``T5EncoderModel`` (``MT5...`` for mT5)."""
+  if model_type not in _CLASS_STEMS:
+    raise common.ConversionError(f"model_type={model_type!r} is not one of {MODEL_TYPES}.")
+  return _CLASS_STEMS[model_type] + ("ForConditionalGeneration" if decoder else "EncoderModel")
+
+
+def t5_config_to_hf(config: T5Config, base: Optional[Mapping[str, Any]] = None,
+                    model_type: str = "t5", decoder: bool = True) -> dict[str, Any]:
   """Hugging Face ``config.json`` dict for an lmlab ``T5Config``.
 
   Args:
     config: lmlab config.
     base: Optional original Hugging Face config; its entries that lmlab does
       not model (tokenizer class, task prefixes, ...) are kept.
+    model_type: ``t5`` or ``mt5`` (mT5 has no tied, scaled output projection).
+    decoder: Whether the parameters have a decoder; without one the
+      architecture is ``T5EncoderModel``.
 
   Raises:
-    ConversionError: For MrT5 (delete gate) or an activation Hugging Face's
-      T5 cannot express.
+    ConversionError: For MrT5 (delete gate), an activation Hugging Face's
+      T5 cannot express, or a tied (scaled) config as mT5.
   """
   _check_exportable(config)
+  arch = architecture(model_type, decoder)
+  if model_type == "mt5" and config.tie_word_embeddings:
+    raise common.ConversionError(
+        "mT5 never scales a tied output projection; export this tied (T5 v1.0) config with "
+        "model_type='t5'.")
   hf = {k: v for k, v in (base or {}).items() if k not in _DERIVED_KEYS}
   hf.update({
-      "architectures": ["T5ForConditionalGeneration"],
-      "model_type": "t5",
+      "architectures": [arch],
+      "model_type": model_type,
       "vocab_size": config.vocab_size,
       "d_model": config.d_model,
       "d_kv": config.head_dim,
@@ -162,7 +193,8 @@ def t5_config_to_hf(config: T5Config,
       # Both keys: older transformers read the first, version 5 the second.
       "tie_word_embeddings": config.tie_word_embeddings,
       "scale_decoder_outputs": config.tie_word_embeddings,
-      "is_encoder_decoder": True,
+      "is_encoder_decoder": decoder,
+      "use_cache": decoder,
       "pad_token_id": config.pad_id,
       "eos_token_id": config.eos_id,
       "decoder_start_token_id": config.pad_id,
@@ -180,12 +212,16 @@ def _check_exportable(config: T5Config) -> None:
     raise common.ConversionError("T5Config.vocab_size must be set.")
 
 
-def abstract_t5_params(config: T5Config) -> Params:
-  """Shapes of ``EncoderDecoder(config)``'s parameters (no memory allocated)."""
+def abstract_t5_params(config: T5Config, decoder: bool = True) -> Params:
+  """Shapes of ``EncoderDecoder(config)``'s parameters (no memory allocated).
+
+  ``decoder=False``: only ``token_embedder`` and ``encoder`` (an encoder-only file).
+  """
   if config.vocab_size is None:
     raise common.ConversionError("T5Config.vocab_size must be set.")
   ids = jnp.zeros((1, 2), jnp.int32)
-  return common.abstract_params(EncoderDecoder(config), ids, ids)
+  tree = common.abstract_params(EncoderDecoder(config), ids, ids)
+  return tree if decoder else {k: v for k, v in tree.items() if k != "decoder"}
 
 
 def _attention_entries(path: tuple[str, ...], prefix: str) -> list[Entry]:
@@ -200,10 +236,13 @@ def _mlp_entries(path: tuple[str, ...], prefix: str, config: T5Config) -> list[E
           for name in inputs + ("wo",)]
 
 
-def t5_plan(config: T5Config) -> list[Entry]:
-  """Every lmlab parameter with its Hugging Face tensor, in Hugging Face state-dict order."""
+def t5_plan(config: T5Config, decoder: bool = True) -> list[Entry]:
+  """Every lmlab parameter with its Hugging Face tensor, in Hugging Face state-dict order.
+
+  ``decoder=False``: the encoder-only plan (``T5EncoderModel``).
+  """
   plan = [Entry(("token_embedder", "embedding"), "shared.weight")]
-  for stack in ("encoder", "decoder"):
+  for stack in ("encoder", "decoder") if decoder else ("encoder",):
     count = config.num_encoder_layers if stack == "encoder" else config.num_decoder_layers
     for i in range(count):
       block = f"{stack}.block.{i}"
@@ -223,31 +262,48 @@ def t5_plan(config: T5Config) -> list[Entry]:
       plan += _mlp_entries(layer + ("mlp",), f"{block}.layer.{last}.DenseReluDense", config)
       plan.append(Entry(layer + (norms[-1], "scale"), f"{block}.layer.{last}.layer_norm.weight"))
     plan.append(Entry((stack, "final_norm", "scale"), f"{stack}.final_layer_norm.weight", COPY))
-  if not config.tie_word_embeddings:
+  if decoder and not config.tie_word_embeddings:
     # A transformers-5 file of a tied-but-unscaled model has no lm_head.weight.
     plan.append(Entry(("decoder", "logits_dense", "kernel"), "lm_head.weight", LINEAR,
                       fallback="shared.weight"))
   return plan
 
 
-def _duplicates(config: T5Config) -> dict[str, str]:
+def _duplicates(config: T5Config, decoder: bool = True) -> dict[str, str]:
+  if not decoder:
+    return {"encoder.embed_tokens.weight": "shared.weight"}
   duplicates = dict(_TIED_EMBEDDINGS)
   if config.tie_word_embeddings:
     duplicates["lm_head.weight"] = "shared.weight"
   return duplicates
 
 
-def params_from_hf(state: Mapping[str, np.ndarray], config: T5Config) -> Params:
+def has_decoder(state: Mapping[str, Any]) -> bool:
+  """Whether a T5 state dict holds a decoder (``T5ForConditionalGeneration``)
+  rather than only an encoder (``T5EncoderModel``)."""
+  return any(name.startswith("decoder.") for name in state)
+
+
+def params_heads(params: Params) -> tuple[str, ...]:
+  """The ``HEADS`` an lmlab T5 tree has: both with a decoder, none without."""
+  return HEADS if "decoder" in params else ()
+
+
+def params_from_hf(state: Mapping[str, np.ndarray], config: T5Config,
+                   decoder: Optional[bool] = None) -> Params:
   """lmlab ``EncoderDecoder`` parameters from a Hugging Face T5 state dict.
 
   Args:
     state: Tensor name -> array, as in ``T5ForConditionalGeneration.state_dict()``
       or its ``model.safetensors`` (tied duplicates may be present or not).
     config: lmlab config of the target network (``t5_config_from_hf``).
+    decoder: Whether to read a decoder; default: if the state has
+      ``decoder.*`` tensors (``T5EncoderModel`` files have none).
 
   Returns:
     Nested dict of float32 numpy arrays with exactly the structure and shapes
-    of ``EncoderDecoder(config).init(...)["params"]`` (unboxed).
+    of ``EncoderDecoder(config).init(...)["params"]`` (unboxed), without
+    ``decoder`` for an encoder-only state.
 
   Raises:
     ConversionError: (a ``ValueError``) naming the first tensor that is
@@ -255,8 +311,11 @@ def params_from_hf(state: Mapping[str, np.ndarray], config: T5Config) -> Params:
       (e.g. ``lm_head.weight`` of a tied config) that differs from
       ``shared.weight``.
   """
-  return common.import_state(state, t5_plan(config), abstract_t5_params(config),
-                             duplicates=_duplicates(config), ignorable=_IGNORABLE, what="T5")
+  if decoder is None:
+    decoder = has_decoder(state)
+  return common.import_state(state, t5_plan(config, decoder), abstract_t5_params(config, decoder),
+                             duplicates=_duplicates(config, decoder), ignorable=_IGNORABLE,
+                             what="T5" if decoder else "T5 encoder")
 
 
 def params_to_hf(params: Params, config: T5Config) -> StateDict:
@@ -264,30 +323,37 @@ def params_to_hf(params: Params, config: T5Config) -> StateDict:
 
   Includes the tied copies ``encoder.embed_tokens.weight`` and
   ``decoder.embed_tokens.weight`` (and ``lm_head.weight`` for a tied config),
-  as ``T5ForConditionalGeneration.state_dict()`` does.
+  as ``T5ForConditionalGeneration.state_dict()`` does. A tree without
+  ``decoder`` gives ``T5EncoderModel.state_dict()``.
   """
   _check_exportable(config)
-  return common.export_state(params, t5_plan(config), abstract_t5_params(config),
-                             duplicates=_duplicates(config))
+  decoder = "decoder" in params
+  return common.export_state(params, t5_plan(config, decoder), abstract_t5_params(config, decoder),
+                             duplicates=_duplicates(config, decoder))
 
 
 def load_hf_t5(folder: str | os.PathLike) -> tuple[T5Config, Params]:
-  """lmlab config and parameters of a Hugging Face T5 folder (config.json + safetensors)."""
+  """lmlab config and parameters of a Hugging Face T5 folder (config.json + safetensors).
+
+  An encoder-only folder gives a tree without ``decoder`` (see ``params_from_hf``).
+  """
   hf_config, state = common.read_hf_folder(folder)
   config = t5_config_from_hf(hf_config)
   return config, params_from_hf(state, config)
 
 
 def save_hf_t5(folder: str | os.PathLike, config: T5Config, params: Params,
-               base: Optional[Mapping[str, Any]] = None) -> None:
+               base: Optional[Mapping[str, Any]] = None, model_type: str = "t5") -> None:
   """Writes a folder that ``T5ForConditionalGeneration.from_pretrained`` loads.
 
   Like ``save_pretrained``, tied copies of ``shared.weight`` are left out;
-  ``lm_head.weight`` is written whenever the model is untied. ``base`` is as
-  for ``t5_config_to_hf``.
+  ``lm_head.weight`` is written whenever the model is untied. A tree without
+  ``decoder`` is written as ``T5EncoderModel``. ``base`` and ``model_type``
+  (``t5``/``mt5``) are as for ``t5_config_to_hf``.
   """
+  decoder = "decoder" in params
   state = params_to_hf(params, config)
-  for name in _duplicates(config):
+  for name in _duplicates(config, decoder):
     del state[name]
-  common.write_hf_folder(folder, t5_config_to_hf(config, base), state)
+  common.write_hf_folder(folder, t5_config_to_hf(config, base, model_type, decoder), state)
 

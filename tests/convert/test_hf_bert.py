@@ -72,7 +72,7 @@ def mlm_logits(config: EncoderConfig):
                                                          token_type_ids=types))
 
 
-@pytest.fixture(scope="module", params=hf_bert.MODEL_TYPES)
+@pytest.fixture(scope="module", params=("bert", "roberta"))
 def case(request):
   """(model type, hf model, hf state dict, lmlab config, lmlab params)."""
   hf = make_hf(request.param)
