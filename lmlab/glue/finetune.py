@@ -73,10 +73,14 @@ def build_model(config: FinetuneConfig, spec: glue_spec.TaskSpec, head: str, voc
   return ClassificationModel(network, spec, pooling)
 
 
-def resolve_pooling(config: FinetuneConfig, data: TaskData) -> str:
-  """``auto``: BERT's pooled first token when rows start with [CLS]/<s>, else the mean."""
+def resolve_pooling(config: FinetuneConfig, data: TaskData,
+                    start: Optional[StartingPoint] = None) -> str:
+  """``auto``: the checkpoint's own pooling if it declares ``cls`` or ``mean``; else BERT's
+  pooled first token when rows start with [CLS]/<s>, else the mean."""
   if config.pooling != "auto":
     return config.pooling
+  if start is not None and start.pooling in ("cls", "mean"):
+    return start.pooling
   return "cls" if data.framing is not None and data.framing.prefix else "mean"
 
 
@@ -170,7 +174,7 @@ def prepare_task(spec: glue_spec.TaskSpec, config: FinetuneConfig, train: TrainC
   if start is not None and start.network is not None:
     check_vocabulary_fits(data.vocabulary.vocab_size, config.network,
                           config.vocabulary or data.seqio_name)
-  model = build_model(config, spec, head, data.vocabulary.vocab_size, resolve_pooling(config, data))
+  model = build_model(config, spec, head, data.vocabulary.vocab_size, resolve_pooling(config, data, start))
   train_rows = data.count(spec.train_split, config.max_train_examples)
   steps_per_epoch = max(1, math.ceil(train_rows / train.batch_size))
   total = train.train_steps if config.epochs is None else max(1, round(config.epochs * steps_per_epoch))

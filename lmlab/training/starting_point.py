@@ -49,6 +49,9 @@ class StartingPoint:
     label_names: Class names of an imported classifier head (``id2label``).
     model_type: Hugging Face ``model_type`` (for export), when known.
     hf_config: The Hugging Face config, when known (kept on export).
+    pooling: How the checkpoint pools a sequence (``cls`` for BERT-family
+      poolers and classifiers, ``mean`` for BiGS or a sentence-transformers
+      mean pooling), when it says.
   """
   source: str
   kind: str
@@ -60,6 +63,7 @@ class StartingPoint:
   label_names: Optional[tuple[str, ...]] = None
   model_type: Optional[str] = None
   hf_config: Optional[dict] = None
+  pooling: Optional[str] = None
 
 
 def _network_from_sidecar(sidecar: dict) -> Network:
@@ -103,10 +107,14 @@ def _hugging_face(path: str) -> StartingPoint:
   if checkpoint.missing:
     logger.warning("%s (%s) has no %s: initialised fresh where this run needs them.", path,
                    checkpoint.architecture, ", ".join(checkpoint.missing))
+  # sentence-transformers keep the transformer (and often its tokenizer) in a subfolder
+  has_tokenizer = any(os.path.exists(os.path.join(checkpoint.folder, name))
+                      for name in auto.TOKENIZER_FILES)
   return StartingPoint(source=path, kind="hugging_face", params=checkpoint.params,
                        network=checkpoint.network, family=checkpoint.family,
-                       vocabulary=path, label_names=checkpoint.label_names,
-                       model_type=checkpoint.model_type, hf_config=checkpoint.hf_config)
+                       vocabulary=checkpoint.folder if has_tokenizer else path,
+                       label_names=checkpoint.label_names, model_type=checkpoint.model_type,
+                       hf_config=checkpoint.hf_config, pooling=checkpoint.pooling)
 
 
 def load_starting_point(path: str, step: Optional[int] = None, *,
