@@ -20,6 +20,15 @@ PREFIX = "lmlab_test.corpus"
 WORDS = "the quick brown fox jumps over a lazy dog while seven wise owls watch from old oak trees".split()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _unregister_test_tasks():
+  """Leaves seqio's registry as it was: the tasks these tests register are removed at the end."""
+  yield
+  for name in list(seqio.TaskRegistry.names()):
+    if name.startswith(PREFIX):
+      seqio.TaskRegistry.remove(name)
+
+
 def _write(path: pathlib.Path, text: str, *, gz: bool = False) -> str:
   data = text.encode("utf-8")
   if gz:

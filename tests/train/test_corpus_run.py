@@ -7,12 +7,14 @@ import math
 import pathlib
 
 import gin
+import pytest
 
 from lmlab import main as cli
 from lmlab.training.config import DataConfig
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 CORPUS_GIN = "--gin_file=runs/corpus_pretrain.gin"
+EVAL_SPLIT = "--gin.DataConfig.eval_split='validation'"
 WORDS = "the cat sat on the mat and the dog lay by the door".split()
 
 
@@ -64,3 +66,19 @@ def test_the_documented_span_corruption_variant_reads_the_corpus(tmp_path):
   assert data.corpus.objective == "span_corruption" and data.corpus.encoder_decoder
   assert data.corpus.train_files == ("/data/*.txt",) and set(data.feature_lengths) == {"inputs", "targets"}
   assert type(model).__name__ == "EncoderDecoderModel"
+
+
+@pytest.mark.slow  # three CLI runs; the default suite trains once (above)
+def test_eval_and_infer_modes_read_the_corpus_too(tmp_path, tiny_run_in_process):
+  path = _corpus_file(tmp_path)
+  held_out = tmp_path / "held_out.txt"
+  held_out.write_text("the dog sat on the mat and the cat lay by the door\n" * 40)  # 2 eval batches of 8 rows
+  model_dir = tmp_path / "run"
+  flags = (CORPUS_GIN, f"--gin.CORPUS_FILES=['{path}']", f"--gin.CORPUS_VALIDATION_FILES=['{held_out}']",
+           "--gin.TRAIN_STEPS=2", "--gin.TrainConfig.compilation_cache_dir=None")
+  for mode in ("train", "eval", "infer"):  # each in a fresh gin config: the corpus is registered every time
+    code, stderr = tiny_run_in_process(model_dir, *flags, EVAL_SPLIT, run_mode=mode)
+    assert code == 0, f"{mode}: {stderr[-3000:]}"
+  result = json.loads((model_dir / "eval_results.json").read_text())
+  assert result["task"] == "lmlab.corpus" and result["split"] == "validation" and math.isfinite(result["loss"])
+  assert (model_dir / "inference" / "fill_mask.jsonl").exists()
