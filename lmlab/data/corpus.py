@@ -403,9 +403,6 @@ class CorpusTask:
   check_files: bool = True
 
   def __post_init__(self):
-    if self.name is gin.REQUIRED or self.train_files is gin.REQUIRED:
-      raise ValueError("CorpusTask needs a name and train_files, e.g. CorpusTask(name='lmlab.corpus', "
-                       "train_files=['/data/*.txt']).")
     if not isinstance(self.name, str) or not self.name.strip():
       raise ValueError(f"CorpusTask.name must be a non-empty task name such as 'lmlab.corpus', got {self.name!r}.")
     object.__setattr__(self, "train_files", _as_patterns(self.train_files, "train_files"))
