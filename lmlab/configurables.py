@@ -12,7 +12,7 @@ from lmlab import inference, runs  # noqa: F401  (registers)
 from lmlab.glue import config as finetune_config  # noqa: F401  (registers)
 from lmlab.training import config, optimizers, partitioning  # noqa: F401  (registers)
 from lmlab.wrappers import encoder_decoder, masked_lm  # noqa: F401  (registers)
-from lmlab.data import preprocessors, tasks  # noqa: F401  (registers preprocessors and tasks)
+from lmlab.data import corpus, preprocessors, tasks  # noqa: F401  (registers CorpusTask, preprocessors, tasks)
 from lmlab.glue import file_tasks
 from lmlab.models import config as model_config
 

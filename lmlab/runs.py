@@ -29,9 +29,15 @@ logger = logging.getLogger(__name__)
 RUN_MODES = ("train", "eval", "infer", "finetune")
 
 
-def _data_api():
-  # Imported lazily: it pulls in TensorFlow and registers the lmlab tasks.
+def _data_api(data: Optional[DataConfig] = None):
+  """The data pipeline module, with ``data.corpus`` (if any) registered: every path that reads data comes here.
+
+  Imported lazily: it pulls in TensorFlow and registers the lmlab tasks.
+  Registering a corpus is idempotent (its files are checked once).
+  """
   from lmlab.data import pipeline  # pylint: disable=g-import-not-at-top
+  if data is not None and data.corpus is not None:
+    data.corpus.register()
   return pipeline
 
 
@@ -49,7 +55,7 @@ def per_process_rows(global_batch_size: int, what: str = "TrainConfig.batch_size
 
 def _eval_batches(data: DataConfig, batch_size: int):
   """Evaluation batches of ``batch_size`` rows in all, this process's rows only."""
-  pipeline = _data_api()
+  pipeline = _data_api(data)
   dataset = pipeline.get_dataset(
       data.mixture_or_task_name, data.eval_split, data.feature_lengths,
       per_process_rows(batch_size, "TrainConfig.eval_batch_size"),
@@ -108,10 +114,11 @@ def prepare(model: Optional[ModelWrapper], data: DataConfig, model_dir: str,
   else with its own. Returns the model and the data config naming the task
   actually read.
   """
-  pipeline = _data_api()
+  pipeline = _data_api(data)  # registers a configured corpus
   vocabulary = data.vocabulary or (start.vocabulary if start else None)
   name = resolve_task_name(data.mixture_or_task_name, vocabulary)
-  data = dataclasses.replace(data, mixture_or_task_name=name)
+  if name != data.mixture_or_task_name:  # the corpus is registered; read its vocabulary copy
+    data = dataclasses.replace(data, mixture_or_task_name=name, corpus=None)
   pipeline.get_task_or_mixture(name)  # unknown names fail here, early
   ensure_writable(model_dir)
   model = model_for_start(model, start) if start is not None else (model or MaskedLMModel())
@@ -146,7 +153,7 @@ def graft_start(model: ModelWrapper, start: StartingPoint):
 def train_dataset(data: DataConfig, rows: int, shard_id: Optional[int] = None,
                   num_shards: Optional[int] = None):
   """Endless training batches of ``rows`` rows from data shard ``shard_id`` (default: this process's)."""
-  return _data_api().get_dataset(
+  return _data_api(data).get_dataset(
       data.mixture_or_task_name, data.train_split, data.feature_lengths, rows,
       shuffle=data.shuffle, seed=data.seed, repeat=True,
       shard_id=jax.process_index() if shard_id is None else shard_id,
@@ -210,7 +217,7 @@ def fill_mask_inputs(texts: Sequence[str] = ("In the beginning God created the <
 def run_infer(model: MaskedLMModel, data: DataConfig, config: TrainConfig, top_k: int = 5) -> list[dict]:
   """Fills ``<mask>`` slots with the newest checkpoint; writes inference/fill_mask.jsonl."""
   from lmlab.data import vocabularies  # pylint: disable=g-import-not-at-top
-  pipeline = _data_api()
+  pipeline = _data_api(data)
   vocab = pipeline.vocabulary_for(data.mixture_or_task_name)
   mask = vocabularies.mask_id(vocab)
   _, step, params = restore_params(model, config, data.sequence_length)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Optional, Union
+from typing import TYPE_CHECKING, Mapping, Optional, Union
 
 import gin
+
+if TYPE_CHECKING:  # the corpus module pulls in TensorFlow; DataConfig only holds its object
+  from lmlab.data.corpus import CorpusTask
 
 
 @gin.configurable
@@ -14,7 +17,8 @@ class DataConfig:
   """Which seqio task or mixture feeds the run, and how.
 
   Attributes:
-    mixture_or_task_name: Registered seqio name, e.g. ``lmlab.embedded_mlm``.
+    mixture_or_task_name: Registered seqio name, e.g. ``lmlab.embedded_mlm``
+      (None with ``corpus``: the corpus's name).
     sequence_length: Tokens per packed row (masked-LM tasks).
     task_feature_lengths: Encoder–decoder tasks: tokens per packed row of
       each side, e.g. ``{"inputs": 512, "targets": 114}`` (T5X's standard
@@ -31,9 +35,11 @@ class DataConfig:
       ``tokenizer.json`` or a Hugging Face model folder). None: the
       vocabulary of the checkpoint the run starts from
       (``run.init_checkpoint``) if it has one, else the task's own.
+    corpus: Your own text files as the task (``@CorpusTask()``, see
+      ``lmlab/data/corpus.py``): the run registers it before reading data.
   """
 
-  mixture_or_task_name: str = gin.REQUIRED
+  mixture_or_task_name: Optional[str] = None
   sequence_length: int = 128
   task_feature_lengths: Optional[Mapping[str, int]] = None
   train_split: str = "train"
@@ -42,6 +48,33 @@ class DataConfig:
   seed: int = 0
   tfds_data_dir: Optional[str] = None
   vocabulary: Optional[str] = None
+  corpus: Optional[CorpusTask] = None
+
+  def __post_init__(self):
+    if self.corpus is None:
+      if not self.mixture_or_task_name:
+        raise ValueError("DataConfig needs a task: bind DataConfig.mixture_or_task_name (e.g. "
+                         "MIXTURE_OR_TASK_NAME = 'lmlab.embedded_mlm') or read your own files with "
+                         "DataConfig.corpus = @CorpusTask() (see gin/runs/corpus_pretrain.gin).")
+      return
+    name = self.corpus.name
+    if not self.mixture_or_task_name:
+      object.__setattr__(self, "mixture_or_task_name", name)
+    elif self.mixture_or_task_name != name:
+      raise ValueError(
+          f"DataConfig.corpus registers the task {name!r} but DataConfig.mixture_or_task_name is "
+          f"{self.mixture_or_task_name!r}. Read the corpus by giving both the same name (e.g. "
+          f"MIXTURE_OR_TASK_NAME = {name!r}, or CorpusTask.name = %MIXTURE_OR_TASK_NAME), or drop "
+          "DataConfig.corpus to read the named task.")
+    splits = list(self.corpus.splits)
+    if self.train_split not in splits:
+      raise ValueError(f"DataConfig.train_split is {self.train_split!r} but the corpus {name!r} has only the "
+                       f"splits {splits} (CorpusTask.train_files make 'train', validation_files 'validation').")
+    if self.eval_split and self.eval_split not in splits:
+      raise ValueError(
+          f"DataConfig.eval_split is {self.eval_split!r} but the corpus {name!r} has only the splits {splits}: "
+          "give CorpusTask.validation_files to evaluate on held-out files, or set DataConfig.eval_split = '' "
+          "to train without evaluation.")
 
   @property
   def feature_lengths(self) -> Union[int, dict[str, int]]:
