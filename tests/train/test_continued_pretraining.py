@@ -21,10 +21,30 @@ import torch
 import hf_folders
 from lmlab import main as cli
 from lmlab import runs
+from lmlab.data.corpus import CorpusTask
 from lmlab.training.config import DataConfig
 from lmlab.training.starting_point import load_starting_point
 
 TRAIN_STEPS = 12
+
+
+def _text_file(tmp_path) -> str:
+  """A user's corpus: one document per line."""
+  path = tmp_path / "my_corpus.txt"
+  path.write_text("\n".join(hf_folders.corpus_lines(300)) + "\n", encoding="utf-8")
+  return str(path)
+
+
+def _corpus(tmp_path, objective: str) -> CorpusTask:
+  return CorpusTask(name=f"lmlab.test_continued_{objective}", train_files=(_text_file(tmp_path),),
+                    objective=objective)
+
+
+def _corpus_flags(corpus: CorpusTask) -> list[str]:
+  return [f"--gin.MIXTURE_OR_TASK_NAME='{corpus.name}'", "--gin.DataConfig.corpus=@CorpusTask()",
+          f"--gin.CorpusTask.name='{corpus.name}'",
+          f"--gin.CorpusTask.train_files={list(corpus.train_files)!r}",
+          f"--gin.CorpusTask.objective='{corpus.objective}'"]
 
 
 def _run(tmp_path, gin_file: str, folder, *bindings: str):
@@ -67,9 +87,11 @@ def bert_mlm_dir(tmp_path_factory):
 def test_bert_folder_continues_masked_lm_pretraining(tmp_path, bert_mlm_dir):
   import transformers  # pylint: disable=import-outside-toplevel
   folder = bert_mlm_dir
-  summary = _run(tmp_path, "runs/quickstart.gin", folder, "--gin.SEQUENCE_LENGTH=32")
-  batch = _first_batch(DataConfig(mixture_or_task_name="lmlab.embedded_mlm", sequence_length=32),
-                       folder, tmp_path / "rebuild")
+  corpus = _corpus(tmp_path, "mlm")
+  summary = _run(tmp_path, "runs/quickstart.gin", folder, "--gin.SEQUENCE_LENGTH=32",
+                 *_corpus_flags(corpus))
+  batch = _first_batch(DataConfig(corpus=corpus, sequence_length=32, eval_split=""), folder,
+                       tmp_path / "rebuild")
   cls_id = 2  # [CLS] of hf_folders.BERT_SPECIALS: every document starts with it
   assert all(batch["input_ids"][r, idx[0]] == cls_id for r in range(8)
              for idx in _segments(batch["segment_ids"][r]))
@@ -91,11 +113,11 @@ def test_t5_folder_continues_span_corruption_pretraining(tmp_path):
   import transformers  # pylint: disable=import-outside-toplevel
   folder = hf_folders.t5_folder(tmp_path / "t5")
   lengths = "{'inputs': 32, 'targets': 8}"
-  summary = _run(tmp_path, "runs/t5_quickstart.gin", folder,
-                 f"--gin.TASK_FEATURE_LENGTHS={lengths}", "--gin.OptimizerConfig.warmup_steps=2")
-  batch = _first_batch(
-      DataConfig(mixture_or_task_name="lmlab.embedded_span_corruption",
-                 task_feature_lengths={"inputs": 32, "targets": 8}), folder, tmp_path / "rebuild")
+  corpus = _corpus(tmp_path, "span_corruption")
+  summary = _run(tmp_path, "runs/t5_quickstart.gin", folder, f"--gin.TASK_FEATURE_LENGTHS={lengths}",
+                 "--gin.OptimizerConfig.warmup_steps=2", *_corpus_flags(corpus))
+  batch = _first_batch(DataConfig(corpus=corpus, task_feature_lengths={"inputs": 32, "targets": 8},
+                                  eval_split=""), folder, tmp_path / "rebuild")
   model = transformers.T5ForConditionalGeneration.from_pretrained(str(folder)).eval()
   total, weight = 0.0, 0.0
   with torch.no_grad():
