@@ -17,13 +17,24 @@ the MrT5 reference (``first_sentinel=258``) uses. ``byt5_vocabulary()``
 follows that layout; the embedding table still has 384 rows (259 rounded up
 to a multiple of 128), of which the checkpoints only ever trained the first
 259.
+
+Released checkpoints come with their own tokenizer files. ``load_vocabulary``
+reads them (a SentencePiece ``.model``, BERT's ``vocab.txt``, a Hugging Face
+``tokenizer.json`` or a model folder holding them; see ``tokenizer_files``) and
+gives a seqio vocabulary whose ids are those of the Hugging Face tokenizer.
+Each vocabulary names its special ids in a ``SpecialTokens`` (``special_tokens``):
+what ends a document, what starts an encoder input, what masks a token.
 """
 
 from __future__ import annotations
 
+import abc
+import dataclasses
 import functools
+import hashlib
+import os
 import pathlib
-from typing import Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import seqio
@@ -40,6 +51,140 @@ BYTE_SENTINELS = 256 - 0xF5
 BYT5_LEGACY_EXTRA_IDS = 125  # the old lmlab layout: 259 + 125 = 384 ids, sentinels from 383 down
 SENTENCE_END_CHARS = (".", "!", "?")
 CLOSING_CHARS = "\"')]}\u2019\u201d\u00bb"  # may follow a sentence end: ."  ?)  !'
+# Hugging Face's decode "clean-up" of spaces before punctuation and English contractions.
+CLEAN_UP_REPLACEMENTS = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                         (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecialTokens:
+  """The special ids of a vocabulary, and how they frame encoder inputs.
+
+  An encoder input of one text is ``[cls] + A + [eos]`` (without ``cls`` when it
+  is None); a pair is ``[cls] + A + [eos] + pair_separator + B + [eos]``, which
+  is what Hugging Face's ``tokenizer(a, b)["input_ids"]`` gives for BERT
+  (``[CLS] A [SEP] B [SEP]``) and RoBERTa (``<s> A </s></s> B </s>``).
+
+  Attributes:
+    pad_id: Padding.
+    eos_id: Ends a document or a sentence: ``</s>`` (T5, RoBERTa), ``[SEP]``
+      (BERT), EOS (lmlab).
+    unk_id: Unknown token, None if the vocabulary has none.
+    mask_id: Replaces masked tokens in masked-language modelling; None when
+      the vocabulary has no mask token.
+    cls_id: Put before every encoder input: ``[CLS]`` (BERT), ``<s>``
+      (RoBERTa); None for T5 and lmlab's own vocabularies.
+    pair_separator: Between sentence A's eos and sentence B: ``()`` for
+      BERT, T5 and lmlab; ``(</s>,)`` for RoBERTa.
+  """
+  pad_id: int
+  eos_id: int
+  unk_id: Optional[int]
+  mask_id: Optional[int]
+  cls_id: Optional[int]
+  pair_separator: tuple[int, ...] = ()
+
+  @property
+  def ids(self) -> frozenset[int]:
+    """Every special id that is not None (pad, eos, unk, mask, cls, separator)."""
+    ids = {self.pad_id, self.eos_id, self.unk_id, self.mask_id, self.cls_id, *self.pair_separator}
+    return frozenset(i for i in ids if i is not None)
+
+  def frame(self, first: Sequence[int], second: Optional[Sequence[int]] = None) -> list[int]:
+    """An encoder input of one text's ids, or of a pair's: ``[cls] A [eos] (pair_separator B [eos])``."""
+    ids = ([] if self.cls_id is None else [self.cls_id]) + list(first) + [self.eos_id]
+    if second is not None:
+      ids += list(self.pair_separator) + list(second) + [self.eos_id]
+    return ids
+
+
+def clean_up_spaces(text: str) -> str:
+  """Hugging Face's ``clean_up_tokenization_spaces``: no space before ``.,!?`` or in contractions."""
+  for old, new in CLEAN_UP_REPLACEMENTS:
+    text = text.replace(old, new)
+  return text
+
+
+def digest(*parts: Union[str, bytes]) -> str:
+  """A short hex digest of the parts, to name a vocabulary by the contents of its files."""
+  h = hashlib.sha256()
+  for part in parts:
+    data = part.encode("utf-8") if isinstance(part, str) else part
+    h.update(len(data).to_bytes(8, "little") + data)
+  return h.hexdigest()[:12]
+
+
+class TokenizerFileVocabulary(seqio.Vocabulary, metaclass=abc.ABCMeta):
+  """Base of the vocabularies read from a released checkpoint's tokenizer files (WordPiece, tokenizer.json).
+
+  Besides seqio's interface, such a vocabulary knows its special ids and
+  which of its tokens start words or end sentences, which masked-language
+  modelling and denoising need (``mask_id``, ``word_start_table``, ...).
+  Two vocabularies are equal when they tokenize alike (same ``name``), as
+  seqio requires of the tasks of a mixture.
+  """
+
+  def __init__(self):
+    super().__init__(extra_ids=0)
+
+  @property
+  @abc.abstractmethod
+  def name(self) -> str:
+    """Short stable identifier: the kind and a digest of the files and settings."""
+
+  @abc.abstractmethod
+  def special_tokens(self) -> SpecialTokens:
+    """The special ids (see ``SpecialTokens``)."""
+
+  @abc.abstractmethod
+  def pieces(self) -> list[str]:
+    """The token string of every id (index = id), as the tokenizer files spell it."""
+
+  @abc.abstractmethod
+  def word_start_table(self) -> np.ndarray:
+    """Boolean per id: does this token start a new word? Special tokens do."""
+
+  @abc.abstractmethod
+  def sentence_end_table(self) -> np.ndarray:
+    """Boolean per id: can this token end a sentence? Special tokens cannot."""
+
+  def reserved_ids(self) -> frozenset[int]:
+    """Ids that are never ordinary text tokens: the special ids and any other special token of the files."""
+    return self.special_tokens().ids
+
+  def random_token_range(self) -> tuple[int, int]:
+    """[low, high): the longest run of ids that holds no reserved id (BERT's random replacement)."""
+    reserved = sorted(i for i in self.reserved_ids() if 0 <= i < self.vocab_size)
+    bounds = [-1] + reserved + [self.vocab_size]
+    low, high = max(((a + 1, b) for a, b in zip(bounds[:-1], bounds[1:])), key=lambda r: r[1] - r[0])
+    if high <= low:
+      raise ValueError(f"Vocabulary {self.name} has no ordinary tokens.")
+    return low, high
+
+  @property
+  def bos_id(self) -> Optional[int]:
+    return self.special_tokens().cls_id
+
+  @property
+  def eos_id(self) -> int:
+    return self.special_tokens().eos_id
+
+  @property
+  def pad_id(self) -> int:
+    return self.special_tokens().pad_id
+
+  @property
+  def unk_id(self) -> Optional[int]:
+    return self.special_tokens().unk_id
+
+  def __eq__(self, other) -> bool:
+    return isinstance(other, TokenizerFileVocabulary) and self.name == other.name
+
+  def __hash__(self) -> int:
+    return hash(self.name)
+
+  def __repr__(self) -> str:
+    return f"{type(self).__name__}({self.name})"
 
 
 @functools.lru_cache(maxsize=None)
@@ -125,30 +270,78 @@ def sentinel_id(vocab: seqio.Vocabulary, index: int) -> int:
   return vocab.vocab_size - 1 - index
 
 
+def _sentencepiece_mask_id(vocab: seqio.SentencePieceVocabulary) -> Optional[int]:
+  piece_id = vocab.tokenizer.piece_to_id(MASK_PIECE)
+  return None if piece_id == vocab.tokenizer.unk_id() else piece_id
+
+
+def special_tokens(vocab: seqio.Vocabulary) -> SpecialTokens:
+  """The special ids of any vocabulary lmlab uses (see ``SpecialTokens``).
+
+  * lmlab's SentencePiece model and T5's ``spiece.model``: pad 0, EOS 1, UNK
+    2, mask the ``<mask>`` piece (None without one), no cls.
+  * ``ByteVocabulary``: pad 0, EOS 1, UNK 2, mask the top extra id
+    (``byte_vocabulary()``; None for ``byt5_vocabulary()``), no cls.
+  * Vocabularies of tokenizer files (WordPiece, tokenizer.json): those of the
+    files, e.g. BERT's ``[PAD]``, ``[SEP]``, ``[UNK]``, ``[MASK]``, ``[CLS]``.
+
+  Raises:
+    ValueError: A SentencePiece model without an EOS piece.
+  """
+  if isinstance(vocab, TokenizerFileVocabulary):
+    return vocab.special_tokens()
+  if isinstance(vocab, seqio.ByteVocabulary):
+    mask = vocab.vocab_size - 1 if vocab.extra_ids >= 1 else None
+    return SpecialTokens(PAD_ID, EOS_ID, UNK_ID, mask, None)
+  if isinstance(vocab, seqio.SentencePieceVocabulary):
+    sp = vocab.tokenizer
+    if sp.eos_id() < 0:
+      raise ValueError(f"SentencePiece model {vocab.sentencepiece_model_file} has no EOS piece; train it with "
+                       "eos_id=1 (as T5 and lmlab do).")
+    pad = sp.pad_id() if sp.pad_id() >= 0 else PAD_ID
+    unk = sp.unk_id() if sp.unk_id() >= 0 else None
+    return SpecialTokens(pad, sp.eos_id(), unk, _sentencepiece_mask_id(vocab), None)
+  eos = EOS_ID if vocab.eos_id is None else int(vocab.eos_id)
+  return SpecialTokens(int(vocab.pad_id), eos, vocab.unk_id, None, None)
+
+
 def mask_id(vocab: seqio.Vocabulary) -> int:
   """The id that replaces tokens chosen for masked-language modelling.
 
   For a ``ByteVocabulary`` this is the top extra id (``byte_vocabulary()``
-  has one for the purpose; ``byt5_vocabulary()`` has none).
+  has one for the purpose; ``byt5_vocabulary()`` has none); for
+  SentencePiece the ``<mask>`` piece; for tokenizer files their mask token.
+
+  Raises:
+    ValueError: The vocabulary has no mask token.
   """
+  mask = special_tokens(vocab).mask_id
+  if mask is not None:
+    return mask
   if isinstance(vocab, seqio.ByteVocabulary):
-    if vocab.extra_ids < 1:
-      raise ValueError("ByteVocabulary needs extra_ids >= 1 to hold a mask id; use byte_vocabulary().")
-    return vocab.vocab_size - 1
+    raise ValueError("ByteVocabulary needs extra_ids >= 1 to hold a mask id; use byte_vocabulary().")
   if isinstance(vocab, seqio.SentencePieceVocabulary):
-    piece_id = vocab.tokenizer.piece_to_id(MASK_PIECE)
-    if piece_id == vocab.tokenizer.unk_id():
-      raise ValueError(f"SentencePiece model {vocab.sentencepiece_model_file} has no {MASK_PIECE!r} piece.")
-    return piece_id
-  raise TypeError(f"No mask id is defined for {type(vocab).__name__}.")
+    raise ValueError(f"SentencePiece model {vocab.sentencepiece_model_file} has no {MASK_PIECE!r} piece; train "
+                     f"one with user_defined_symbols=[{MASK_PIECE!r}] (python -m lmlab.data.build_vocabulary).")
+  raise ValueError(f"Vocabulary {vocabulary_name(vocab)} has no mask token; masked-language modelling needs one.")
 
 
 def random_token_range(vocab: seqio.Vocabulary) -> tuple[int, int]:
-  """[low, high) ids of ordinary tokens, used for BERT's random replacement."""
+  """[low, high) ids of ordinary tokens, used for BERT's random replacement.
+
+  Bytes: the 256 byte ids. SentencePiece: the ids after the leading special
+  pieces (pad, EOS, UNK, ``<mask>``) up to the sentinels. Tokenizer files: the
+  longest run of ids without a special token (BERT: after ``[MASK]``; RoBERTa:
+  between ``<unk>`` and ``<mask>``).
+  """
   if isinstance(vocab, seqio.ByteVocabulary):
     return BYTE_OFFSET, BYTE_OFFSET + 256
+  if isinstance(vocab, TokenizerFileVocabulary):
+    return vocab.random_token_range()
   # Sentinels (extra ids, at the top) are not ordinary tokens.
-  return mask_id(vocab) + 1, vocab.tokenizer.get_piece_size() - vocab.extra_ids
+  high = vocab.tokenizer.get_piece_size() - vocab.extra_ids
+  leading = [i for i in special_tokens(vocab).ids | {vocab.tokenizer.bos_id()} if 0 <= i < high]
+  return max(leading, default=-1) + 1, high
 
 
 def word_start_table(vocab: seqio.Vocabulary) -> np.ndarray:
@@ -160,6 +353,8 @@ def word_start_table(vocab: seqio.Vocabulary) -> np.ndarray:
   ``preprocessors.word_ids``). Special ids count as word starts so they never
   glue two words together.
   """
+  if isinstance(vocab, TokenizerFileVocabulary):
+    return vocab.word_start_table()
   size = vocab.vocab_size
   table = np.zeros(size, bool)
   if isinstance(vocab, seqio.ByteVocabulary):
@@ -172,7 +367,9 @@ def word_start_table(vocab: seqio.Vocabulary) -> np.ndarray:
   for i in range(tokenizer.get_piece_size()):
     piece = tokenizer.id_to_piece(i)
     table[i] = piece.startswith("\u2581") or tokenizer.is_control(i) or tokenizer.is_unknown(i)
-  table[mask_id(vocab)] = True
+  mask = _sentencepiece_mask_id(vocab)
+  if mask is not None:
+    table[mask] = True
   table[size - vocab.extra_ids:] = True
   return table
 
@@ -187,6 +384,8 @@ def sentence_end_table(vocab: seqio.Vocabulary) -> np.ndarray:
   "3.14" or "e.g.," do not split a sentence. Special ids and sentinels never
   end a sentence.
   """
+  if isinstance(vocab, TokenizerFileVocabulary):
+    return vocab.sentence_end_table()
   table = np.zeros(vocab.vocab_size, bool)
   if isinstance(vocab, seqio.ByteVocabulary):
     for char in SENTENCE_END_CHARS:
@@ -224,3 +423,77 @@ def encode_text(vocab: seqio.Vocabulary, text: Union[str, bytes]) -> list[int]:
     raise ValueError(f"Input has characters that cannot be written as UTF-8 ({e.reason} at character "
                      f"{e.start}); remove them or decode the source text correctly.") from e
   return [int(i) for i in vocab.encode(text)]
+
+
+def ends_sentence(text: str) -> bool:
+  """Does a token whose text is ``text`` end a sentence (".", "!", "?", perhaps then quotes or brackets)?"""
+  return text.strip().rstrip(CLOSING_CHARS).endswith(SENTENCE_END_CHARS)
+
+
+NAMED_VOCABULARIES = {
+    "embedded": embedded_vocabulary,
+    "embedded_sentinels": embedded_vocabulary_with_sentinels,
+    "bytes": byte_vocabulary,
+    "byt5": byt5_vocabulary,
+}
+
+
+def load_vocabulary(spec: str) -> seqio.Vocabulary:
+  """The vocabulary a name or a path stands for; the same spec always gives the same object.
+
+  Args:
+    spec: One of ``NAMED_VOCABULARIES`` (``"embedded"``, ``"embedded_sentinels"``,
+      ``"bytes"``, ``"byt5"``), or the path of a tokenizer file or of a
+      Hugging Face model folder: a SentencePiece ``.model`` (T5's
+      ``spiece.model``, with the folder's sentinels), BERT's ``vocab.txt``, a
+      ``tokenizer.json``, or a folder holding one of them (see
+      ``tokenizer_files.load``). Settings come from the folder's
+      ``tokenizer_config.json`` and ``special_tokens_map.json``.
+
+  Raises:
+    FileNotFoundError: ``spec`` is neither a name nor an existing path, or a
+      folder holds no tokenizer file (the message lists the names looked for).
+    ValueError: The files are of a kind lmlab cannot reproduce.
+  """
+  if spec in NAMED_VOCABULARIES:
+    return NAMED_VOCABULARIES[spec]()
+  path = spec if "://" in spec else os.path.abspath(os.path.expanduser(spec))
+  return _load_path(path)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_path(path: str) -> seqio.Vocabulary:
+  from lmlab.data import tokenizer_files  # pylint: disable=g-import-not-at-top  (it imports this module)
+  return tokenizer_files.load(path)
+
+
+def vocabulary_name(vocab: seqio.Vocabulary) -> str:
+  """A short stable identifier of a vocabulary, to name seqio tasks derived from it.
+
+  Named vocabularies keep their names (``embedded``, ``embedded_sentinels``,
+  ``bytes``, ``byt5``); others are their kind and a digest of their files'
+  contents and settings, e.g. ``spm_1a2b3c4d5e6f_x100`` (100 sentinels),
+  ``wordpiece_...``, ``bpe_...``. Equal names mean equal ids for any text.
+  """
+  if isinstance(vocab, TokenizerFileVocabulary):
+    return vocab.name
+  if isinstance(vocab, seqio.ByteVocabulary):
+    return {0: "byt5", 1: "bytes"}.get(vocab.extra_ids, f"bytes_x{vocab.extra_ids}")
+  if isinstance(vocab, seqio.SentencePieceVocabulary):
+    model = vocab.sentencepiece_model_file
+    if os.path.abspath(model) == str(SPM_PATH):
+      return {0: "embedded", SPM_SENTINELS: "embedded_sentinels"}.get(vocab.extra_ids,
+                                                                      f"embedded_x{vocab.extra_ids}")
+    with open_binary(model) as f:
+      name = f"spm_{digest(f.read())}"
+    return name + (f"_x{vocab.extra_ids}" if vocab.extra_ids else "")
+  raise TypeError(f"vocabulary_name does not know {type(vocab).__name__}; use one of lmlab's vocabularies "
+                  "(load_vocabulary).")
+
+
+def open_binary(path: str):
+  """Opens a local or remote (``gs://``) file for reading bytes."""
+  if "://" in path:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    return tf.io.gfile.GFile(path, "rb")
+  return open(path, "rb")
