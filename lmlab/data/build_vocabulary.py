@@ -181,7 +181,8 @@ def write_t5_folder(documents: Iterable[str], output: pathlib.Path, vocab_size: 
 def write_bert_folder(documents: Iterable[str], output: pathlib.Path, vocab_size: int,
                       lowercase: bool = True) -> pathlib.Path:
   """A BERT WordPiece folder (``vocab.txt``, ``tokenizer.json``, ``tokenizer_config.json``); returns it."""
-  from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers  # pylint: disable=g-import-not-at-top,g-multiple-import
+  # pylint: disable-next=g-import-not-at-top  (the embedded build does not need the library)
+  from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
   pad, unk, cls, sep, mask = BERT_SPECIAL_TOKENS
   tokenizer = Tokenizer(models.WordPiece(unk_token=unk))
   tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)

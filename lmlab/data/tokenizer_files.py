@@ -32,7 +32,7 @@ import seqio
 import sentencepiece as spm
 import tensorflow as tf
 
-from lmlab.data import tokenizer_json, vocabularies, wordpiece
+from lmlab.data import tokenizer_json, wordpiece
 
 SENTENCEPIECE_FILES = ("spiece.model", "sentencepiece.bpe.model")
 TOKENIZER_JSON = "tokenizer.json"
@@ -123,13 +123,18 @@ def extra_ids(config: dict[str, Any], tokenizer: Optional[dict[str, Any]] = None
 
 
 def _json_ids_match_sentencepiece(model_path: str, tokenizer: dict[str, Any]) -> bool:
-  """Does the ``tokenizer.json`` give each piece of the SentencePiece model the model's id?"""
+  """Does the ``tokenizer.json`` give each piece of the SentencePiece model the model's id?
+
+  Hugging Face's T5 files list the sentinels after the pieces; their ids are
+  checked by ``sentencepiece_vocabulary``.
+  """
   processor = spm.SentencePieceProcessor(model_proto=_read(model_path))
   pieces = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
   model = tokenizer.get("model", {})
   vocab = model.get("vocab")
-  if isinstance(vocab, list):  # Unigram: [piece, score] in id order
-    return [entry[0] for entry in vocab[:len(pieces)]] == pieces and len(vocab) == len(pieces)
+  if isinstance(vocab, list):  # Unigram: [piece, score] in id order, then perhaps the sentinels
+    return ([entry[0] for entry in vocab[:len(pieces)]] == pieces
+            and all(SENTINEL.fullmatch(entry[0]) for entry in vocab[len(pieces):]))
   if isinstance(vocab, dict):
     return all(vocab.get(piece) == i for i, piece in enumerate(pieces))
   return False
@@ -361,8 +366,7 @@ def load(path: str) -> seqio.Vocabulary:
   if tf.io.gfile.isdir(path):
     return load_folder(path)
   if not tf.io.gfile.exists(path):
-    raise FileNotFoundError(f"No such vocabulary file or folder: {path}. Give a vocabulary name "
-                            f"({', '.join(vocabularies.NAMED_VOCABULARIES)}), a tokenizer file or a model folder.")
+    raise FileNotFoundError(f"No such tokenizer file or folder: {path}.")
   folder, name = posixpath.split(path)
   config = read_config(folder)
   if name.endswith(".model"):

@@ -25,7 +25,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from lmlab.data import vocabularies
+from lmlab.data import vocabulary_base
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def framing(tokenizer) -> Optional[tuple[Optional[int], int, tuple[int, ...]]]:
   return None
 
 
-class TokenizerJsonVocabulary(vocabularies.TokenizerFileVocabulary):
+class TokenizerJsonVocabulary(vocabulary_base.TokenizerFileVocabulary):
   """Any ``tokenizer.json``, tokenized by the ``tokenizers`` library; see the module docstring.
 
   Attributes:
@@ -130,7 +130,7 @@ class TokenizerJsonVocabulary(vocabularies.TokenizerFileVocabulary):
   @functools.cached_property
   def name(self) -> str:
     kind = KINDS.get(self.model_type, self.model_type.lower())
-    return f"{kind}_" + vocabularies.digest(self.json_text, json.dumps(self.roles, sort_keys=True),
+    return f"{kind}_" + vocabulary_base.digest(self.json_text, json.dumps(self.roles, sort_keys=True),
                                             str(self.clean_up_tokenization_spaces))
 
   def __getstate__(self):
@@ -148,7 +148,7 @@ class TokenizerJsonVocabulary(vocabularies.TokenizerFileVocabulary):
     return None if token is None else self.tokenizer.token_to_id(token)
 
   @functools.cached_property
-  def _special(self) -> vocabularies.SpecialTokens:
+  def _special(self) -> vocabulary_base.SpecialTokens:
     frame = framing(self.tokenizer)
     if frame is not None:
       cls, eos, pair_separator = frame
@@ -163,10 +163,10 @@ class TokenizerJsonVocabulary(vocabularies.TokenizerFileVocabulary):
       model_unk = json.loads(self.json_text)["model"].get("unk_token")
       unk = self.tokenizer.token_to_id(model_unk) if model_unk else None
     pad = self._role_id("pad")
-    return vocabularies.SpecialTokens(pad_id=eos if pad is None else pad, eos_id=eos, unk_id=unk,
+    return vocabulary_base.SpecialTokens(pad_id=eos if pad is None else pad, eos_id=eos, unk_id=unk,
                                       mask_id=self._role_id("mask"), cls_id=cls, pair_separator=pair_separator)
 
-  def special_tokens(self) -> vocabularies.SpecialTokens:
+  def special_tokens(self) -> vocabulary_base.SpecialTokens:
     """Special ids; without a padding token (GPT-2) padding is the end-of-text id."""
     return self._special
 
@@ -207,7 +207,7 @@ class TokenizerJsonVocabulary(vocabularies.TokenizerFileVocabulary):
     prefix = json.loads(self.json_text)["model"].get("continuing_subword_prefix") or "##"
     texts = [t[len(prefix):] if self.model_type == "WordPiece" and t.startswith(prefix) else t
              for t in self._token_texts]
-    table = np.array([vocabularies.ends_sentence(t) for t in texts], bool)
+    table = np.array([vocabulary_base.ends_sentence(t) for t in texts], bool)
     table[list(self.reserved_ids())] = False
     return table
 
@@ -250,7 +250,7 @@ class TokenizerJsonVocabulary(vocabularies.TokenizerFileVocabulary):
     size = self.vocab_size
     kept = [i if 0 <= i < size else unk for i in map(int, ids) if i not in hidden]
     text = self.tokenizer.decode([i for i in kept if i is not None], skip_special_tokens=False)
-    return vocabularies.clean_up_spaces(text) if self.clean_up_tokenization_spaces else text
+    return vocabulary_base.clean_up_spaces(text) if self.clean_up_tokenization_spaces else text
 
   def _decode_numpy(self, ids: np.ndarray) -> np.ndarray:
     return np.array([self._decode(row).encode("utf-8") for row in ids.tolist()], object)

@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-from lmlab.data import bert_text, vocabularies
+from lmlab.data import bert_text, vocabulary_base
 
 PREFIX = "##"
 MAX_INPUT_CHARS_PER_WORD = 100
@@ -91,7 +91,7 @@ def _regex_literal(text: str) -> str:
   return "".join(c if c.isalnum() and c.isascii() else f"\\x{{{ord(c):X}}}" for c in text)
 
 
-class WordPieceVocabulary(vocabularies.TokenizerFileVocabulary):
+class WordPieceVocabulary(vocabulary_base.TokenizerFileVocabulary):
   """A BERT WordPiece vocabulary with Hugging Face's ids; see the module docstring.
 
   Attributes:
@@ -129,7 +129,7 @@ class WordPieceVocabulary(vocabularies.TokenizerFileVocabulary):
 
   @functools.cached_property
   def name(self) -> str:
-    return "wordpiece_" + vocabularies.digest("\n".join(self.tokens), repr(self.settings),
+    return "wordpiece_" + vocabulary_base.digest("\n".join(self.tokens), repr(self.settings),
                                               repr(self._pair_separator))
 
   def __getstate__(self):
@@ -142,14 +142,14 @@ class WordPieceVocabulary(vocabularies.TokenizerFileVocabulary):
     return None if token is None else self._ids[token]
 
   @functools.cached_property
-  def _special(self) -> vocabularies.SpecialTokens:
+  def _special(self) -> vocabulary_base.SpecialTokens:
     s = self.settings
-    return vocabularies.SpecialTokens(
+    return vocabulary_base.SpecialTokens(
         pad_id=self._id(s.pad_token), eos_id=self._id(s.sep_token), unk_id=self._id(s.unk_token),
         mask_id=self._id(s.mask_token), cls_id=self._id(s.cls_token),
         pair_separator=tuple(self._ids[t] for t in self._pair_separator))
 
-  def special_tokens(self) -> vocabularies.SpecialTokens:
+  def special_tokens(self) -> vocabulary_base.SpecialTokens:
     return self._special
 
   def _special_token_strings(self) -> list[str]:
@@ -176,7 +176,7 @@ class WordPieceVocabulary(vocabularies.TokenizerFileVocabulary):
 
   def sentence_end_table(self) -> np.ndarray:
     prefix = self.settings.continuing_subword_prefix
-    table = np.array([vocabularies.ends_sentence(t[len(prefix):] if t.startswith(prefix) else t)
+    table = np.array([vocabulary_base.ends_sentence(t[len(prefix):] if t.startswith(prefix) else t)
                       for t in self.tokens], bool)
     table[list(self.reserved_ids())] = False
     return table
@@ -250,9 +250,9 @@ class WordPieceVocabulary(vocabularies.TokenizerFileVocabulary):
       token = self.tokens[i] if 0 <= i < len(self.tokens) else self.tokens[unk]
       if parts:
         token = token[len(prefix):] if token.startswith(prefix) else " " + token
-      parts.append(vocabularies.clean_up_spaces(token) if self.settings.decoder_cleanup else token)
+      parts.append(vocabulary_base.clean_up_spaces(token) if self.settings.decoder_cleanup else token)
     text = "".join(parts)
-    return vocabularies.clean_up_spaces(text) if self.settings.clean_up_tokenization_spaces else text
+    return vocabulary_base.clean_up_spaces(text) if self.settings.clean_up_tokenization_spaces else text
 
   @functools.cached_property
   def _token_bytes(self) -> list[bytes]:
@@ -281,7 +281,7 @@ class WordPieceVocabulary(vocabularies.TokenizerFileVocabulary):
 
 
 def _clean_up_spaces_tf(text: tf.Tensor) -> tf.Tensor:
-  """``vocabularies.clean_up_spaces`` on a string tensor."""
-  for old, new in vocabularies.CLEAN_UP_REPLACEMENTS:
+  """``vocabulary_base.clean_up_spaces`` on a string tensor."""
+  for old, new in vocabulary_base.CLEAN_UP_REPLACEMENTS:
     text = tf.strings.regex_replace(text, _regex_literal(old), new.replace("\\", "\\\\"))
   return text
