@@ -10,7 +10,7 @@ tf.data iterator can be checkpointed.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Optional
 
 import gin
 import seqio
@@ -21,16 +21,28 @@ from lmlab.data import vocabularies
 MLM_OUTPUT_FEATURES = ("input_ids", "targets", "loss_weights", "segment_ids", "positions")
 
 
-def _split_long_documents(dataset: tf.data.Dataset, length: int) -> tf.data.Dataset:
-  """Cuts each document's ``targets`` into pieces of at most ``length`` tokens."""
+def _split_long_documents(dataset: tf.data.Dataset, length: int,
+                          prefix_id: Optional[int] = None) -> tf.data.Dataset:
+  """Cuts each document's ``targets`` into pieces of at most ``length`` tokens.
+
+  With ``prefix_id`` (a vocabulary's cls id), every piece starts with that
+  id: documents are cut every ``length - 1`` tokens and each piece gets it
+  in front.
+  """
+  step = length if prefix_id is None else length - 1
+  if step < 1:
+    raise ValueError(f"Rows of {length} tokens cannot hold a [CLS] token and text; use longer rows.")
 
   def split(example):
     tokens = example["targets"]
     num_tokens = tf.size(tokens)
-    num_pieces = tf.maximum((num_tokens + length - 1) // length, 1)
-    padded = tf.pad(tokens, [[0, num_pieces * length - num_tokens]])
-    pieces = tf.reshape(padded, [num_pieces, length])
-    lengths = tf.minimum(length, num_tokens - tf.range(num_pieces) * length)
+    num_pieces = tf.maximum((num_tokens + step - 1) // step, 1)
+    padded = tf.pad(tokens, [[0, num_pieces * step - num_tokens]])
+    pieces = tf.reshape(padded, [num_pieces, step])
+    lengths = tf.minimum(step, num_tokens - tf.range(num_pieces) * step)
+    if prefix_id is not None:
+      pieces = tf.concat([tf.fill([num_pieces, 1], tf.cast(prefix_id, pieces.dtype)), pieces], axis=1)
+      lengths += 1
     return tf.data.Dataset.from_tensor_slices((pieces, lengths)).map(
         lambda piece, n: {"targets": piece[:n]})
 
@@ -45,10 +57,15 @@ def pack_documents(dataset: tf.data.Dataset, sequence_length: Mapping[str, int],
   Documents longer than a row are split into row-sized pieces first, so no
   token is dropped; short documents and the tails of long ones share rows.
   Attention in the model is restricted to tokens of the same segment.
+
+  When the vocabulary has a cls id (BERT's ``[CLS]``, RoBERTa's ``<s>``),
+  every document, and every piece of a long one, starts with it, as encoder
+  checkpoints saw their inputs: ``[CLS] doc [SEP] [CLS] doc [SEP] ...``.
+  Vocabularies without one (lmlab's, T5's) pack the documents as they are.
   """
-  del output_features
   length = sequence_length["targets"]
-  dataset = _split_long_documents(dataset, length)
+  cls_id = vocabularies.special_tokens(output_features["targets"].vocabulary).cls_id
+  dataset = _split_long_documents(dataset, length, cls_id)
   packed = seqio.utils.trim_and_pack_dataset(dataset, {"targets": length})
   return packed.map(lambda ex: {
       "targets": ex["targets"],
@@ -129,8 +146,8 @@ def mlm_mask(example: Mapping[str, tf.Tensor], seed: tf.Tensor,
              random_token_fraction: float = 0.1, whole_word: bool = False) -> dict[str, tf.Tensor]:
   """BERT masking of one packed row.
 
-  ``round(mask_rate * n)`` of the row's n real tokens (padding and EOS are
-  never chosen) are selected for prediction; of those, ``mask_token_fraction``
+  ``round(mask_rate * n)`` of the row's n real tokens (special tokens, such
+  as padding, EOS, [CLS] or UNK, are never chosen) are selected for prediction; of those, ``mask_token_fraction``
   become the mask id, ``random_token_fraction`` a random ordinary token, and
   the rest stay unchanged. An exact count per row (rather than a Bernoulli
   draw per token) keeps the loss weight per batch steady. With
@@ -156,7 +173,8 @@ def mlm_mask(example: Mapping[str, tf.Tensor], seed: tf.Tensor,
   tokens = example["targets"]
   segment_ids = example["segment_ids"]
   select_seed, action_seed, random_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-  candidates = (segment_ids > 0) & (tokens != vocabularies.EOS_ID) & (tokens != vocabularies.PAD_ID)
+  special = tf.constant(sorted(vocabularies.special_tokens(vocab).ids), tokens.dtype)
+  candidates = (segment_ids > 0) & ~tf.reduce_any(tokens[:, None] == special[None, :], axis=1)
   num_real = tf.reduce_sum(tf.cast(candidates, tf.float32))
   budget = tf.cast(tf.round(mask_rate * num_real), tf.int32)
   if whole_word:

@@ -17,16 +17,30 @@ the MrT5 reference (``first_sentinel=258``) uses. ``byt5_vocabulary()``
 follows that layout; the embedding table still has 384 rows (259 rounded up
 to a multiple of 128), of which the checkpoints only ever trained the first
 259.
+
+Released checkpoints come with their own tokenizer files. ``load_vocabulary``
+reads them (a SentencePiece ``.model``, BERT's ``vocab.txt``, a Hugging Face
+``tokenizer.json`` or a model folder holding them; see ``tokenizer_files``) and
+gives a seqio vocabulary whose ids are those of the Hugging Face tokenizer.
+Each vocabulary names its special ids in a ``SpecialTokens`` (``special_tokens``):
+what ends a document, what starts an encoder input, what masks a token.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import pathlib
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import seqio
+import tensorflow as tf
+
+from lmlab.data import tokenizer_files
+# Re-exported: the rest of lmlab finds these here.
+from lmlab.data.vocabulary_base import (CLOSING_CHARS, SENTENCE_END_CHARS, SpecialTokens,  # pylint: disable=unused-import
+                                        TokenizerFileVocabulary, clean_up_spaces, digest, ends_sentence)
 
 SPM_PATH = pathlib.Path(__file__).parent / "assets" / "spm" / "embedded_8k.model"
 MASK_PIECE = "<mask>"
@@ -38,8 +52,6 @@ BYT5_EMBEDDING_ROWS = 384  # released ByT5: 259 ids padded to a multiple of 128
 # sentinels 0..10 without ever meaning text (ByT5's 1024-byte inputs need 9).
 BYTE_SENTINELS = 256 - 0xF5
 BYT5_LEGACY_EXTRA_IDS = 125  # the old lmlab layout: 259 + 125 = 384 ids, sentinels from 383 down
-SENTENCE_END_CHARS = (".", "!", "?")
-CLOSING_CHARS = "\"')]}\u2019\u201d\u00bb"  # may follow a sentence end: ."  ?)  !'
 
 
 @functools.lru_cache(maxsize=None)
@@ -125,30 +137,78 @@ def sentinel_id(vocab: seqio.Vocabulary, index: int) -> int:
   return vocab.vocab_size - 1 - index
 
 
+def _sentencepiece_mask_id(vocab: seqio.SentencePieceVocabulary) -> Optional[int]:
+  piece_id = vocab.tokenizer.piece_to_id(MASK_PIECE)
+  return None if piece_id == vocab.tokenizer.unk_id() else piece_id
+
+
+def special_tokens(vocab: seqio.Vocabulary) -> SpecialTokens:
+  """The special ids of any vocabulary lmlab uses (see ``SpecialTokens``).
+
+  * lmlab's SentencePiece model and T5's ``spiece.model``: pad 0, EOS 1, UNK
+    2, mask the ``<mask>`` piece (None without one), no cls.
+  * ``ByteVocabulary``: pad 0, EOS 1, UNK 2, mask the top extra id
+    (``byte_vocabulary()``; None for ``byt5_vocabulary()``), no cls.
+  * Vocabularies of tokenizer files (WordPiece, tokenizer.json): those of the
+    files, e.g. BERT's ``[PAD]``, ``[SEP]``, ``[UNK]``, ``[MASK]``, ``[CLS]``.
+
+  Raises:
+    ValueError: A SentencePiece model without an EOS piece.
+  """
+  if isinstance(vocab, TokenizerFileVocabulary):
+    return vocab.special_tokens()
+  if isinstance(vocab, seqio.ByteVocabulary):
+    mask = vocab.vocab_size - 1 if vocab.extra_ids >= 1 else None
+    return SpecialTokens(PAD_ID, EOS_ID, UNK_ID, mask, None)
+  if isinstance(vocab, seqio.SentencePieceVocabulary):
+    sp = vocab.tokenizer
+    if sp.eos_id() < 0:
+      raise ValueError(f"SentencePiece model {vocab.sentencepiece_model_file} has no EOS piece; train it with "
+                       "eos_id=1 (as T5 and lmlab do).")
+    pad = sp.pad_id() if sp.pad_id() >= 0 else PAD_ID
+    unk = sp.unk_id() if sp.unk_id() >= 0 else None
+    return SpecialTokens(pad, sp.eos_id(), unk, _sentencepiece_mask_id(vocab), None)
+  eos = EOS_ID if vocab.eos_id is None else int(vocab.eos_id)
+  return SpecialTokens(int(vocab.pad_id), eos, vocab.unk_id, None, None)
+
+
 def mask_id(vocab: seqio.Vocabulary) -> int:
   """The id that replaces tokens chosen for masked-language modelling.
 
   For a ``ByteVocabulary`` this is the top extra id (``byte_vocabulary()``
-  has one for the purpose; ``byt5_vocabulary()`` has none).
+  has one for the purpose; ``byt5_vocabulary()`` has none); for
+  SentencePiece the ``<mask>`` piece; for tokenizer files their mask token.
+
+  Raises:
+    ValueError: The vocabulary has no mask token.
   """
+  mask = special_tokens(vocab).mask_id
+  if mask is not None:
+    return mask
   if isinstance(vocab, seqio.ByteVocabulary):
-    if vocab.extra_ids < 1:
-      raise ValueError("ByteVocabulary needs extra_ids >= 1 to hold a mask id; use byte_vocabulary().")
-    return vocab.vocab_size - 1
+    raise ValueError("ByteVocabulary needs extra_ids >= 1 to hold a mask id; use byte_vocabulary().")
   if isinstance(vocab, seqio.SentencePieceVocabulary):
-    piece_id = vocab.tokenizer.piece_to_id(MASK_PIECE)
-    if piece_id == vocab.tokenizer.unk_id():
-      raise ValueError(f"SentencePiece model {vocab.sentencepiece_model_file} has no {MASK_PIECE!r} piece.")
-    return piece_id
-  raise TypeError(f"No mask id is defined for {type(vocab).__name__}.")
+    raise ValueError(f"SentencePiece model {vocab.sentencepiece_model_file} has no {MASK_PIECE!r} piece; train "
+                     f"one with user_defined_symbols=[{MASK_PIECE!r}] (python -m lmlab.data.build_vocabulary).")
+  raise ValueError(f"Vocabulary {vocabulary_name(vocab)} has no mask token; masked-language modelling needs one.")
 
 
 def random_token_range(vocab: seqio.Vocabulary) -> tuple[int, int]:
-  """[low, high) ids of ordinary tokens, used for BERT's random replacement."""
+  """[low, high) ids of ordinary tokens, used for BERT's random replacement.
+
+  Bytes: the 256 byte ids. SentencePiece: the ids after the leading special
+  pieces (pad, EOS, UNK, ``<mask>``) up to the sentinels. Tokenizer files: the
+  longest run of ids without a special token (BERT: after ``[MASK]``; RoBERTa:
+  between ``<unk>`` and ``<mask>``).
+  """
   if isinstance(vocab, seqio.ByteVocabulary):
     return BYTE_OFFSET, BYTE_OFFSET + 256
+  if isinstance(vocab, TokenizerFileVocabulary):
+    return vocab.random_token_range()
   # Sentinels (extra ids, at the top) are not ordinary tokens.
-  return mask_id(vocab) + 1, vocab.tokenizer.get_piece_size() - vocab.extra_ids
+  high = vocab.tokenizer.get_piece_size() - vocab.extra_ids
+  leading = [i for i in special_tokens(vocab).ids | {vocab.tokenizer.bos_id()} if 0 <= i < high]
+  return max(leading, default=-1) + 1, high
 
 
 def word_start_table(vocab: seqio.Vocabulary) -> np.ndarray:
@@ -160,6 +220,8 @@ def word_start_table(vocab: seqio.Vocabulary) -> np.ndarray:
   ``preprocessors.word_ids``). Special ids count as word starts so they never
   glue two words together.
   """
+  if isinstance(vocab, TokenizerFileVocabulary):
+    return vocab.word_start_table()
   size = vocab.vocab_size
   table = np.zeros(size, bool)
   if isinstance(vocab, seqio.ByteVocabulary):
@@ -172,7 +234,9 @@ def word_start_table(vocab: seqio.Vocabulary) -> np.ndarray:
   for i in range(tokenizer.get_piece_size()):
     piece = tokenizer.id_to_piece(i)
     table[i] = piece.startswith("\u2581") or tokenizer.is_control(i) or tokenizer.is_unknown(i)
-  table[mask_id(vocab)] = True
+  mask = _sentencepiece_mask_id(vocab)
+  if mask is not None:
+    table[mask] = True
   table[size - vocab.extra_ids:] = True
   return table
 
@@ -187,6 +251,8 @@ def sentence_end_table(vocab: seqio.Vocabulary) -> np.ndarray:
   "3.14" or "e.g.," do not split a sentence. Special ids and sentinels never
   end a sentence.
   """
+  if isinstance(vocab, TokenizerFileVocabulary):
+    return vocab.sentence_end_table()
   table = np.zeros(vocab.vocab_size, bool)
   if isinstance(vocab, seqio.ByteVocabulary):
     for char in SENTENCE_END_CHARS:
@@ -224,3 +290,66 @@ def encode_text(vocab: seqio.Vocabulary, text: Union[str, bytes]) -> list[int]:
     raise ValueError(f"Input has characters that cannot be written as UTF-8 ({e.reason} at character "
                      f"{e.start}); remove them or decode the source text correctly.") from e
   return [int(i) for i in vocab.encode(text)]
+
+
+NAMED_VOCABULARIES = {
+    "embedded": embedded_vocabulary,
+    "embedded_sentinels": embedded_vocabulary_with_sentinels,
+    "bytes": byte_vocabulary,
+    "byt5": byt5_vocabulary,
+}
+
+
+def load_vocabulary(spec: str) -> seqio.Vocabulary:
+  """The vocabulary a name or a path stands for; the same spec always gives the same object.
+
+  Args:
+    spec: One of ``NAMED_VOCABULARIES`` (``"embedded"``, ``"embedded_sentinels"``,
+      ``"bytes"``, ``"byt5"``), or the path of a tokenizer file or of a
+      Hugging Face model folder: a SentencePiece ``.model`` (T5's
+      ``spiece.model``, with the folder's sentinels), BERT's ``vocab.txt``, a
+      ``tokenizer.json``, or a folder holding one of them (see
+      ``tokenizer_files.load``). Settings come from the folder's
+      ``tokenizer_config.json`` and ``special_tokens_map.json``.
+
+  Raises:
+    FileNotFoundError: ``spec`` is neither a name nor an existing path, or a
+      folder holds no tokenizer file (the message lists the names looked for).
+    ValueError: The files are of a kind lmlab cannot reproduce.
+  """
+  if spec in NAMED_VOCABULARIES:
+    return NAMED_VOCABULARIES[spec]()
+  path = spec if "://" in spec else os.path.abspath(os.path.expanduser(spec))
+  return _load_path(path)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_path(path: str) -> seqio.Vocabulary:
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f"{path} is neither a vocabulary name ({', '.join(NAMED_VOCABULARIES)}) nor an existing "
+                            "tokenizer file or model folder.")
+  return tokenizer_files.load(path)
+
+
+def vocabulary_name(vocab: seqio.Vocabulary) -> str:
+  """A short stable identifier of a vocabulary, to name seqio tasks derived from it.
+
+  Named vocabularies keep their names (``embedded``, ``embedded_sentinels``,
+  ``bytes``, ``byt5``); others are their kind and a digest of their files'
+  contents and settings, e.g. ``spm_1a2b3c4d5e6f_x100`` (100 sentinels),
+  ``wordpiece_...``, ``bpe_...``. Equal names mean equal ids for any text.
+  """
+  if isinstance(vocab, TokenizerFileVocabulary):
+    return vocab.name
+  if isinstance(vocab, seqio.ByteVocabulary):
+    return {0: "byt5", 1: "bytes"}.get(vocab.extra_ids, f"bytes_x{vocab.extra_ids}")
+  if isinstance(vocab, seqio.SentencePieceVocabulary):
+    model = vocab.sentencepiece_model_file
+    if os.path.abspath(model) == str(SPM_PATH):
+      return {0: "embedded", SPM_SENTINELS: "embedded_sentinels"}.get(vocab.extra_ids,
+                                                                      f"embedded_x{vocab.extra_ids}")
+    with tf.io.gfile.GFile(model, "rb") as f:
+      name = f"spm_{digest(f.read())}"
+    return name + (f"_x{vocab.extra_ids}" if vocab.extra_ids else "")
+  raise TypeError(f"vocabulary_name does not know {type(vocab).__name__}; use one of lmlab's vocabularies "
+                  "(load_vocabulary).")
