@@ -58,10 +58,14 @@ def with_vocabulary(name: str, vocabulary: seqio.Vocabulary, vocabulary_name: st
       seqio.MixtureRegistry.remove(variant)
     seqio.MixtureRegistry.add(variant, members)
     return variant
-  current = {f.vocabulary for f in provider.output_features.values()}
-  if current == {vocabulary}:
+  if _uses(provider, vocabulary):
     return name
-  if variant not in seqio.TaskRegistry.names() or {
-      f.vocabulary for f in seqio.get_mixture_or_task(variant).output_features.values()} != {vocabulary}:
+  if variant not in seqio.TaskRegistry.names() or not _uses(seqio.get_mixture_or_task(variant),
+                                                            vocabulary):
     _copy_task(provider, variant, vocabulary)
   return variant
+
+
+def _uses(task: seqio.Task, vocabulary: seqio.Vocabulary) -> bool:
+  """Whether every feature of ``task`` already uses this very vocabulary object."""
+  return all(f.vocabulary is vocabulary for f in task.output_features.values())

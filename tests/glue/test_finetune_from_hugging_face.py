@@ -40,7 +40,7 @@ from lmlab.training.starting_point import load_starting_point
 
 TASK = "glue_mrpc"
 LENGTH = 32
-ROWS = 4
+ROWS = 8
 
 
 @pytest.fixture
