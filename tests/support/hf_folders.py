@@ -43,7 +43,10 @@ def bert_folder(folder: pathlib.Path, architecture: str = "BertForSequenceClassi
   """A tiny BERT (``architecture`` from transformers) with its WordPiece tokenizer files."""
   import transformers  # pylint: disable=import-outside-toplevel
   vocab_file = wordpiece_vocab(folder)
-  tokenizer = transformers.BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
+  # transformers 5 reads the file from `vocab`, 4 from `vocab_file`.
+  tokenizer = transformers.BertTokenizerFast(vocab=str(vocab_file), vocab_file=str(vocab_file),
+                                             do_lower_case=True)
+  assert len(tokenizer) == sum(1 for _ in open(vocab_file, encoding="utf-8")), len(tokenizer)
   tokenizer.save_pretrained(str(folder))
   config = transformers.BertConfig(
       vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
