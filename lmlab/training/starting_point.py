@@ -104,9 +104,8 @@ def _label_names(hf_config: dict) -> Optional[tuple[str, ...]]:
 def _hugging_face(path: str) -> StartingPoint:
   from lmlab.convert import auto  # pylint: disable=g-import-not-at-top
   checkpoint = auto.load_hf_checkpoint(path)
-  if checkpoint.missing:
-    logger.warning("%s (%s) has no %s: initialised fresh where this run needs them.", path,
-                   checkpoint.architecture, ", ".join(checkpoint.missing))
+  if checkpoint.missing:  # what the run's model needs of them is logged when grafting
+    logger.info("%s (%s) has no %s.", path, checkpoint.architecture, ", ".join(checkpoint.missing))
   # sentence-transformers keep the transformer (and often its tokenizer) in a subfolder
   has_tokenizer = any(os.path.exists(os.path.join(checkpoint.folder, name))
                       for name in auto.TOKENIZER_FILES)

@@ -10,7 +10,9 @@ off so that losses computed by lmlab and by PyTorch can be compared.
 from __future__ import annotations
 
 import gzip
+import json
 import pathlib
+import shutil
 from typing import Optional
 
 import torch
@@ -64,8 +66,12 @@ def t5_folder(folder: pathlib.Path, seed: int = 0) -> pathlib.Path:
   """A tiny T5 v1.1 (gated-GELU, untied) with the shipped 8k SentencePiece model + 100 sentinels."""
   import transformers  # pylint: disable=import-outside-toplevel
   folder.mkdir(parents=True, exist_ok=True)
-  tokenizer = transformers.T5Tokenizer(vocab_file=str(SPM_MODEL), extra_ids=100, legacy=True)
-  tokenizer.save_pretrained(str(folder))
+  # What released T5 folders ship for the tokenizer: the SentencePiece model and a config
+  # naming the 100 sentinels (<extra_id_0> is the last id).
+  shutil.copy(SPM_MODEL, folder / "spiece.model")
+  (folder / "tokenizer_config.json").write_text(json.dumps(
+      {"tokenizer_class": "T5Tokenizer", "extra_ids": 100, "eos_token": "</s>", "pad_token": "<pad>",
+       "unk_token": "<unk>", "legacy": True}), encoding="utf-8")
   config = transformers.T5Config(
       vocab_size=8320, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_decoder_layers=2,
       num_heads=2, relative_attention_num_buckets=32, relative_attention_max_distance=128,
