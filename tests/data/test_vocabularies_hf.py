@@ -251,6 +251,15 @@ def test_bert_tokenizer_json_gives_the_same_wordpiece_vocabulary(files, tmp_path
   assert isinstance(vocab, wordpiece.WordPieceVocabulary)
   assert [vocab.encode(t) for t in SAMPLE] == _hf_ids(fast, SAMPLE)
   assert vocabularies.special_tokens(vocab) == vocabularies.special_tokens(vocabularies.load_vocabulary(str(folder)))
+  # The configuration's do_lower_case wins over the file's normalizer, as in transformers.
+  cased = tmp_path / "cased"
+  cased.mkdir()
+  (cased / "tokenizer.json").write_bytes((tmp_path / "tokenizer.json").read_bytes())
+  (cased / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}))
+  vocab = vocabularies.load_vocabulary(str(cased))
+  assert not vocab.settings.lowercase
+  assert [vocab.encode(t) for t in SAMPLE] == _hf_ids(transformers.BertTokenizerFast.from_pretrained(str(cased)),
+                                                      SAMPLE)
 
 
 # Byte-level BPE (RoBERTa).
