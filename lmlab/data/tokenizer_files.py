@@ -382,6 +382,9 @@ def load(path: str) -> seqio.Vocabulary:
     tokenizer = _read_json(json_path) if tf.io.gfile.exists(json_path) else None
     return sentencepiece_vocabulary(path, config, tokenizer)
   if name in BPE_FILES:
+    missing = [n for n in BPE_FILES if not tf.io.gfile.exists(_join(folder, n))]
+    if missing:
+      raise FileNotFoundError(f"{path} needs {' and '.join(missing)} next to it (GPT-2/RoBERTa's BPE files).")
     return from_bpe_files(*(_join(folder, n) for n in BPE_FILES), config)
   if name.endswith(".json"):
     return from_tokenizer_json(path, config)
