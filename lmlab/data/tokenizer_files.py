@@ -214,7 +214,14 @@ def _is_bert_pipeline(tokenizer: dict[str, Any]) -> bool:
 
 def wordpiece_from_json(tokenizer: dict[str, Any], json_text: str,
                         config: dict[str, Any]) -> wordpiece.WordPieceVocabulary:
-  """BERT's fast-tokenizer file as a ``WordPieceVocabulary`` (the file says how to normalize)."""
+  """BERT's fast-tokenizer file as a ``WordPieceVocabulary``.
+
+  The file's normalizer gives the settings, except those the configuration
+  sets (``do_lower_case``, ``strip_accents``, ``tokenize_chinese_chars``),
+  which win, as in transformers' ``BertTokenizer``. (Without a configuration,
+  transformers' ``BertTokenizer`` would lowercase regardless of the file; lmlab
+  follows the file, as ``PreTrainedTokenizerFast`` does.)
+  """
   model = tokenizer["model"]
   vocab: dict[str, int] = model["vocab"]
   tokens = [""] * (max(vocab.values()) + 1)
@@ -233,10 +240,11 @@ def wordpiece_from_json(tokenizer: dict[str, Any], json_text: str,
                                                "strip_accents": False, "lowercase": False}
   added = [t["content"] for t in tokenizer.get("added_tokens", [])]
   config = dict(config, additional_special_tokens=_additional_special_tokens(config) + added)
+  # The configuration's settings win over the file's, as in transformers' BertTokenizer.
   settings = _settings(
-      config, chosen, vocab, lowercase=bool(normalizer.get("lowercase", True)),
-      strip_accents=normalizer.get("strip_accents"),
-      handle_chinese_chars=bool(normalizer.get("handle_chinese_chars", True)),
+      config, chosen, vocab, lowercase=bool(config.get("do_lower_case", normalizer.get("lowercase", True))),
+      strip_accents=config["strip_accents"] if "strip_accents" in config else normalizer.get("strip_accents"),
+      handle_chinese_chars=bool(config.get("tokenize_chinese_chars", normalizer.get("handle_chinese_chars", True))),
       clean_text=bool(normalizer.get("clean_text", True)),
       continuing_subword_prefix=model.get("continuing_subword_prefix", wordpiece.PREFIX),
       max_input_chars_per_word=int(model.get("max_input_chars_per_word", wordpiece.MAX_INPUT_CHARS_PER_WORD)),
@@ -374,6 +382,9 @@ def load(path: str) -> seqio.Vocabulary:
     tokenizer = _read_json(json_path) if tf.io.gfile.exists(json_path) else None
     return sentencepiece_vocabulary(path, config, tokenizer)
   if name in BPE_FILES:
+    missing = [n for n in BPE_FILES if not tf.io.gfile.exists(_join(folder, n))]
+    if missing:
+      raise FileNotFoundError(f"{path} needs {' and '.join(missing)} next to it (GPT-2/RoBERTa's BPE files).")
     return from_bpe_files(*(_join(folder, n) for n in BPE_FILES), config)
   if name.endswith(".json"):
     return from_tokenizer_json(path, config)

@@ -39,8 +39,9 @@ import tensorflow as tf
 
 from lmlab.data import tokenizer_files
 # Re-exported: the rest of lmlab finds these here.
-from lmlab.data.vocabulary_base import (CLOSING_CHARS, SENTENCE_END_CHARS, SpecialTokens,  # pylint: disable=unused-import
-                                        TokenizerFileVocabulary, clean_up_spaces, digest, ends_sentence)
+# pylint: disable-next=unused-import
+from lmlab.data.vocabulary_base import (CLOSING_CHARS, SENTENCE_END_CHARS, SpecialTokens, TokenizerFileVocabulary,
+                                        clean_up_spaces, digest, ends_sentence)
 
 SPM_PATH = pathlib.Path(__file__).parent / "assets" / "spm" / "embedded_8k.model"
 MASK_PIECE = "<mask>"
