@@ -22,7 +22,7 @@ from lmlab.training.optimizers import OptimizerConfig
 from lmlab.training.config import DataConfig, TrainConfig
 from lmlab.inference import run_seq2seq_infer
 from lmlab.training import pretrained
-from lmlab.training.starting_point import StartingPoint, check_vocabulary_fits, load_starting_point
+from lmlab.convert.starting_point import StartingPoint, check_vocabulary_fits, load_starting_point
 from lmlab.training.trainer import Trainer, TrainSummary, ensure_writable, evaluate
 
 logger = logging.getLogger(__name__)

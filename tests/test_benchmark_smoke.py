@@ -55,6 +55,7 @@ def sharding_bench():
 
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
+@pytest.mark.slow  # benchmark smoke (~9 s)
 def test_sharding_benchmark_tables(sharding_bench):
   lines = sharding_bench.memory_table(["tiny"])
   ratios = {line.split()[2]: float(line.split()[-1].rstrip("x")) for line in lines[2:]}
@@ -89,6 +90,7 @@ def test_t5_benchmark_training_runners(t5_bench):
     assert hf_params == lmlab_params and np.isfinite(hf_holder["loss"])
 
 
+@pytest.mark.slow  # benchmark smoke (~10 s)
 def test_t5_benchmark_mrt5_hard_deletion_shrinks_rows(t5_bench):
   cfg = t5_bench.byte_config("tiny", gate_layer=1)
   ids = np.random.RandomState(0).randint(3, 259, size=(2, 64)).astype(np.int32)
@@ -100,6 +102,7 @@ def test_t5_benchmark_mrt5_hard_deletion_shrinks_rows(t5_bench):
   assert out.shape[:2] == (2, 32)
 
 
+@pytest.mark.slow  # benchmark smoke (~8 s)
 def test_t5_benchmark_decode_table(t5_bench):
   cfg = t5_bench.TrainBench(vocab_size=128, num_layers=1, d_model=32, num_heads=2, head_dim=16,
                             d_ff=64)
@@ -137,6 +140,7 @@ def kernels_bench():
   return load_benchmark("bench_kernels")
 
 
+@pytest.mark.slow  # benchmark smoke (~13 s)
 def test_kernel_benchmark_prints_every_table(kernels_bench, capsys):
   kernels_bench.main(["--lengths", "32", "--memory_lengths", "256,512", "--head_dims", "64",
                       "--batch", "1", "--heads", "1", "--squares", "32",

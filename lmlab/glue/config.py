@@ -41,7 +41,7 @@ class FinetuneConfig:
     init_checkpoint_dir: Where the pretrained network comes from: an lmlab
       MODEL_DIR, a Hugging Face model folder (config.json + safetensors +
       tokenizer files) or a parameter file from ``python -m lmlab.convert
-      import`` (``lmlab.training.starting_point``). None: train from a random
+      import`` (``lmlab.convert.starting_point``). None: train from a random
       initialisation, logged as such; for baselines.
     init_checkpoint_step: Which checkpoint of an lmlab run (None: the newest).
     vocabulary: Tokenize every task with this vocabulary

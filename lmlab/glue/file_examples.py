@@ -11,13 +11,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Union
+from typing import Any, Iterable, Mapping, Optional, Union
 
 from lmlab.glue.file_readers import Table
 
-if TYPE_CHECKING:
-  from lmlab.glue.file_tasks import FileTask
-
+# Functions here take a ``lmlab.glue.file_tasks.FileTask`` (``task: Any`` below);
+# importing it would make the two modules import each other.
 _INTEGER = re.compile(r"[+-]?\d+")
 _INT32_MAX = 2**31 - 1
 
@@ -77,7 +76,7 @@ def _empty(value: Any) -> bool:
 class _Records:
   """Reads the cells of one table for one task, raising errors that name row and column."""
 
-  def __init__(self, task: "FileTask", table: Table, split: str):
+  def __init__(self, task: Any, table: Table, split: str):
     self.task, self.table, self.split = task, table, split
 
   def fail(self, number: int, message: str) -> ValueError:
@@ -152,13 +151,13 @@ class _Records:
     return value
 
 
-def infer_label_names(task: "FileTask", table: Table) -> tuple[str, ...]:
+def infer_label_names(task: Any, table: Table) -> tuple[str, ...]:
   """The sorted distinct labels of a (training) table."""
   records = _Records(task, table, "train")
   return sorted_labels(records.label_text(number, values) for number, values in table.records)
 
 
-def read_examples(task: "FileTask", table: Table, split: str,
+def read_examples(task: Any, table: Table, split: str,
                   names: tuple[str, ...]) -> tuple[list[FileExample], bool]:
   """Every record of ``table`` as an example, and whether the integer ids are the ``idx``."""
   records = _Records(task, table, split)

@@ -48,7 +48,7 @@ from lmlab.glue.task_data import TaskData, load_glue_tasks, task_data
 from lmlab.models import EncoderConfig
 from lmlab.models.config import T5Config
 from lmlab.training import checkpointing, pretrained
-from lmlab.training.starting_point import StartingPoint, check_vocabulary_fits, load_starting_point
+from lmlab.convert.starting_point import StartingPoint, check_vocabulary_fits, load_starting_point
 from lmlab.training.config import TrainConfig
 from lmlab.training.optimizers import OptimizerConfig
 from lmlab.training.partitioning import Partitioner

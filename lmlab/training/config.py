@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import gin
 
-if TYPE_CHECKING:  # the corpus module pulls in TensorFlow; DataConfig only holds its object
-  from lmlab.data.corpus import CorpusTask
 
 
 @gin.configurable
@@ -48,7 +46,7 @@ class DataConfig:
   seed: int = 0
   tfds_data_dir: Optional[str] = None
   vocabulary: Optional[str] = None
-  corpus: Optional[CorpusTask] = None
+  corpus: Optional[Any] = None  # a lmlab.data.corpus.CorpusTask (training does not import data)
 
   def __post_init__(self):
     if self.corpus is None:

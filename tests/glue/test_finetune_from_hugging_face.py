@@ -36,7 +36,7 @@ from lmlab.glue.config import FinetuneConfig
 from lmlab.training import checkpointing
 from lmlab.training.config import TrainConfig
 from lmlab.training.optimizers import OptimizerConfig
-from lmlab.training.starting_point import load_starting_point
+from lmlab.convert.starting_point import load_starting_point
 
 TASK = "glue_mrpc"
 LENGTH = 32
@@ -105,6 +105,7 @@ def test_rows_and_starting_logits_equal_transformers(tmp_path, bert_dir, mocked_
   np.testing.assert_allclose(ours, theirs, atol=1e-4)
 
 
+@pytest.mark.slow  # two fine-tunes and an export (~60 s); the starting logits test is the default one
 def test_folder_and_converted_file_agree_and_the_export_predicts_the_same(tmp_path, bert_dir,
                                                                            mocked_glue):
   import transformers  # pylint: disable=import-outside-toplevel

@@ -27,6 +27,7 @@ def _train_metrics(model_dir):
   return [r for r in rows if "train/loss" in r]
 
 
+@pytest.mark.slow  # two CLI starts (~30 s)
 def test_second_start_reads_compiled_steps_and_training_logs_mfu(tmp_path, tiny_run_in_process):
   # 0.1 s: the train step is cached, not the many millisecond-long eager helpers.
   always = ("--gin.TrainConfig.compilation_cache_min_compile_secs=0.1",

@@ -23,7 +23,7 @@ from lmlab import main as cli
 from lmlab import runs
 from lmlab.data.corpus import CorpusTask
 from lmlab.training.config import DataConfig
-from lmlab.training.starting_point import load_starting_point
+from lmlab.convert.starting_point import load_starting_point
 
 TRAIN_STEPS = 20
 
@@ -110,6 +110,7 @@ def test_bert_folder_continues_masked_lm_pretraining(tmp_path, bert_mlm_dir):
   assert summary.final_train_loss < summary.first_train_loss - 0.2
 
 
+@pytest.mark.slow  # a T5 CLI run (~20 s); the BERT run is the default one
 def test_t5_folder_continues_span_corruption_pretraining(tmp_path):
   import transformers  # pylint: disable=import-outside-toplevel
   folder = hf_folders.t5_folder(tmp_path / "t5")

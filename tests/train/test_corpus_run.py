@@ -26,6 +26,7 @@ def _corpus_file(tmp_path: pathlib.Path) -> pathlib.Path:
   return path
 
 
+@pytest.mark.slow  # a CLI run (~10 s); test_continued_pretraining trains on a user file by default
 def test_pretrains_on_a_user_file_without_python(tmp_path, tiny_run_in_process):
   path = _corpus_file(tmp_path)
   model_dir = tmp_path / "run"

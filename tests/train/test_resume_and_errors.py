@@ -126,6 +126,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_run
   assert steps[-1] == bad_step - 1
 
 
+@pytest.mark.slow  # train, eval and infer CLI runs (~34 s)
 def test_eval_and_infer_modes_use_the_checkpoint(tmp_path, tiny_run, tiny_run_in_process):
   assert_ok(tiny_run(tmp_path, "--gin.TRAIN_STEPS=2", EVAL_SPLIT))
   assert any("eval/loss" in l for l in (tmp_path / "metrics.jsonl").read_text().splitlines())

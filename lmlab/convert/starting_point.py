@@ -25,7 +25,9 @@ import logging
 import os
 from typing import Any, Optional, Union
 
+from lmlab.convert import auto, common
 from lmlab.models.config import EncoderConfig, T5Config
+from lmlab.training import checkpointing
 
 logger = logging.getLogger(__name__)
 PARAMS_SUFFIXES = (".npz", ".msgpack")
@@ -75,7 +77,6 @@ def _network_from_sidecar(sidecar: dict) -> Network:
 
 
 def _params_file(path: str) -> StartingPoint:
-  from lmlab.convert import common  # pylint: disable=g-import-not-at-top
   sidecar_path = os.path.splitext(path)[0] + ".config.json"
   if not os.path.exists(sidecar_path):
     raise FileNotFoundError(
@@ -102,7 +103,6 @@ def _label_names(hf_config: dict) -> Optional[tuple[str, ...]]:
 
 
 def _hugging_face(path: str) -> StartingPoint:
-  from lmlab.convert import auto  # pylint: disable=g-import-not-at-top
   checkpoint = auto.load_hf_checkpoint(path)
   if checkpoint.missing:  # what the run's model needs of them is logged when grafting
     logger.info("%s (%s) has no %s.", path, checkpoint.architecture, ", ".join(checkpoint.missing))
@@ -129,8 +129,6 @@ def load_starting_point(path: str, step: Optional[int] = None, *,
   Raises:
     FileNotFoundError: Nothing usable at ``path`` (says what was looked for).
   """
-  from lmlab.convert import auto  # pylint: disable=g-import-not-at-top
-  from lmlab.training import checkpointing  # pylint: disable=g-import-not-at-top
   path = os.fspath(path)
   if os.path.isfile(path) and path.endswith(PARAMS_SUFFIXES):
     return _params_file(path)
