@@ -49,7 +49,7 @@ def _reference(flags: list[str], reference_dir):
   _, bindings = cli.split_gin_macro_flags(argv)
   cli.parse_gin(["runs/quickstart.gin"], bindings, [])
   data, config = DataConfig(), dataclasses.replace(TrainConfig(), model_dir=str(reference_dir))
-  model = runs.prepare(None, data, config.model_dir)
+  model, data = runs.prepare(None, data, config.model_dir)
   shards = [iter(runs.train_dataset(data, config.batch_size // 2, shard_id=i, num_shards=2))
             for i in range(2)]
   trainer = Trainer(model, OptimizerConfig(), config, Partitioner(MeshConfig(num_devices=1)))
