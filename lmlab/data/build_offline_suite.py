@@ -395,7 +395,7 @@ def build(bible: Bible) -> dict[str, bytes]:
   for path, data in files.items():
     name, split = path.split("/")[0], path.split("/")[1].split(".")[0]
     manifest["tasks"][name]["splits"][split]["bytes"] = len(data)
-  files["manifest.json"] = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+  files["manifest.json"] = (json.dumps(manifest, indent=1) + "\n").encode()
   files["README.md"] = readme(manifest).encode()
   return files
 
