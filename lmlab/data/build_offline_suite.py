@@ -83,7 +83,7 @@ MIN_CHARS, MAX_CHARS = 30, 200
 MAX_LENGTH_RATIO = 2.0
 NEARBY = (1, 2, 3)  # how far (in verses) a "nearby different verse" is
 SEED = 20240601
-SOURCE_PACKAGES = ("bible", "diatheke")  # the commands the build runs
+SOURCE_COMMANDS = ("bible", "diatheke")  # what the build runs (packages bible-kjv, diatheke)
 WEB_MODULE = "engWEB2015eb"
 NEW_TESTAMENT_FIRST_BOOK = "Matthew"
 _ROMAN = {"I": "1", "II": "2", "III": "3"}
@@ -226,7 +226,7 @@ def _similar_length(a: str, b: str) -> bool:
 
 def _balanced(rng: random.Random, candidates: dict[str, list], n: int, task: str,
               split: str) -> list:
-  """``(label, candidate)`` pairs, ``n // len(candidates)`` per label, without replacement, shuffled."""
+  """Shuffled ``(label, candidate)`` pairs: ``n // len(candidates)`` per label, none twice."""
   per_label = n // len(candidates)
   out = []
   for label in sorted(candidates):

@@ -1,4 +1,4 @@
-"""The offline downstream suite (``lmlab.glue.offline_tasks``, built by ``lmlab.data.build_offline_suite``).
+"""The offline downstream suite (``lmlab.glue.offline_tasks``; ``lmlab.data.build_offline_suite``).
 
 The default tests read the shipped files only (about a second): they load as
 file tasks, splits share no text and no chapter, labels are balanced as the
@@ -126,7 +126,8 @@ def test_finetune_config_names_the_suite():
   assert [t.name for t in config.file_tasks] == list(offline_tasks.TASK_NAMES)
   for name in offline_tasks.TASK_NAMES:
     spec = glue_spec.TASKS[name]
-    assert spec.benchmark == glue_spec.FILE and spec.leaderboard_files[-1] == f"{name}.validation.tsv"
+    assert spec.benchmark == glue_spec.FILE
+    assert spec.leaderboard_files[-1] == f"{name}.validation.tsv"
   assert glue_spec.TASKS["offline_paraphrase"].metrics == ("accuracy", "f1")
   assert glue_spec.TASKS["offline_overlap"].metrics == ("pearson", "spearman")
   # Copies (per-task overrides, resolved starts) do not add the tasks twice.
@@ -147,7 +148,7 @@ def test_finetune_config_names_the_suite():
 
 
 def _sources_missing() -> str:
-  missing = [c for c in build.SOURCE_PACKAGES if shutil.which(c) is None]
+  missing = [c for c in build.SOURCE_COMMANDS if shutil.which(c) is None]
   if missing:
     return (f"{missing} not installed: apt-get install -y bible-kjv sword-text-web diatheke "
             "to rebuild the offline suite")
