@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import gin
 
 from lmlab.glue import file_tasks as file_task_lib
+from lmlab.glue import offline_tasks
 from lmlab.glue import spec as glue_spec
 from lmlab.models import EncoderConfig
 from lmlab.models.config import T5Config
@@ -29,8 +30,10 @@ class FinetuneConfig:
   """What to fine-tune, from what, and how it is scored.
 
   Attributes:
-    tasks: lmlab task names (``glue_rte``, ``super_glue_boolq``), or
-      ``glue``/``super_glue`` for every task with a training set.
+    tasks: lmlab task names (``glue_rte``, ``super_glue_boolq``,
+      ``offline_order``), or ``glue``/``super_glue``/``offline`` for every
+      task with a training set (``offline``: the shipped offline suite,
+      ``lmlab.glue.offline_tasks``, which needs no ``file_tasks`` entry).
       Diagnostics (AX, AX-b, AX-g) are predicted by their parent task's model
       (MNLI, RTE) when test predictions are written.
     network: The pretrained network's config (``@EncoderConfig()`` for
@@ -101,8 +104,14 @@ class FinetuneConfig:
   export_hugging_face: bool = False
   file_tasks: Sequence[file_task_lib.FileTask] = ()
 
+  def __post_init__(self):
+    if isinstance(self.tasks, (str, list, tuple)):  # the offline suite's tasks join file_tasks
+      object.__setattr__(self, "file_tasks",
+                         offline_tasks.with_offline_tasks(self.tasks, self.file_tasks))
+
   def task_names(self) -> list[str]:
     names = [self.tasks] if isinstance(self.tasks, str) else list(self.tasks)
+    names = offline_tasks.expand(names)  # 'offline': every task of the offline suite
     file_task_lib.register_specs(self.file_tasks, names)  # the file tasks' specs join the table
     out = []
     for name in names:
