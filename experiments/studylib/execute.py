@@ -28,15 +28,26 @@ Executor = Callable[[list[str], pathlib.Path, pathlib.Path], int]
 STAGES = ("pretrain", "finetune")
 
 
-def subprocess_executor(command: list[str], log_path: pathlib.Path, cwd: pathlib.Path) -> int:
-  """Runs ``command`` in ``cwd`` with the repo on PYTHONPATH, appending its output to ``log_path``."""
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join(p for p in (str(cwd), env.get("PYTHONPATH", "")) if p)
-  with open(log_path, "a", encoding="utf-8") as log:
-    log.write(f"\n$ {shlex.join(command)}\n")
-    log.flush()
-    return subprocess.run(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                          check=False).returncode
+@dataclasses.dataclass(frozen=True)
+class SubprocessExecutor:
+  """Runs a command in ``cwd`` with the repo on PYTHONPATH, appending its output to the log file.
+
+  ``compilation_cache``: JAX's persistent compilation cache shared by every
+  run of the study (unless JAX_COMPILATION_CACHE_DIR is already set), so
+  the second seed of an arm reuses the first seed's compiled steps.
+  """
+  compilation_cache: Optional[pathlib.Path] = None
+
+  def __call__(self, command: list[str], log_path: pathlib.Path, cwd: pathlib.Path) -> int:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(cwd), env.get("PYTHONPATH", "")) if p)
+    if self.compilation_cache is not None:
+      env.setdefault("JAX_COMPILATION_CACHE_DIR", str(self.compilation_cache))
+    with open(log_path, "a", encoding="utf-8") as log:
+      log.write(f"\n$ {shlex.join(command)}\n")
+      log.flush()
+      return subprocess.run(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                            check=False).returncode
 
 
 @dataclasses.dataclass

@@ -39,9 +39,13 @@ def default_out_dir(study_file: pathlib.Path, quick: bool) -> pathlib.Path:
 
 def run_study(study_name: str, *, quick: bool = False, out_dir: Optional[pathlib.Path] = None,
               only: Sequence[str] = (), dry_run: bool = False, bindings: Sequence[str] = (),
-              parallel: int = 1, executor: execute.Executor = execute.subprocess_executor,
+              parallel: int = 1, executor: Optional[execute.Executor] = None,
               log: Callable[[str], None] = print) -> StudyReport:
-  """Runs (or, ``dry_run``, prints) a study's missing jobs, then writes its results from every finished job."""
+  """Runs (or, ``dry_run``, prints) a study's missing jobs, then writes its results from every finished job.
+
+  ``executor`` runs one command (default: a subprocess, logging to the job's
+  folder); tests inject a fake one.
+  """
   study_file = study_config.find_study_file(study_name, EXPERIMENTS_DIR)
   study = study_config.load_study(study_file, bindings)
   if quick:
@@ -61,6 +65,8 @@ def run_study(study_name: str, *, quick: bool = False, out_dir: Optional[pathlib
       log(shlex.join(job.finetune_command))
       outcomes.append(execute.JobOutcome(job.key, "skipped" if state != "to run" else "planned"))
     return StudyReport(study, out_dir, jobs, outcomes, {})
+  if executor is None:
+    executor = execute.SubprocessExecutor(out_dir / "compilation_cache")
   outcomes = execute.run_plan(jobs, executor, REPO_ROOT, parallel=parallel, log=log)
   # The table covers every finished job of the whole study, not only those of --only.
   all_jobs = plan.build_plan(study, out_dir, study_dir=study_file.parent)
