@@ -1,0 +1,86 @@
+"""One study end to end: load, plan, run what is missing, summarise, write tables and plots."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import shlex
+from typing import Callable, Optional, Sequence
+
+from studylib import config as study_config
+from studylib import execute, plan, plots, stats, table
+
+EXPERIMENTS_DIR = pathlib.Path(__file__).resolve().parent.parent
+REPO_ROOT = EXPERIMENTS_DIR.parent
+
+
+@dataclasses.dataclass
+class StudyReport:
+  """What one invocation did (returned to tests; the CLI prints it)."""
+  study: study_config.Study
+  out_dir: pathlib.Path
+  jobs: list[plan.Job]
+  outcomes: list[execute.JobOutcome]
+  files: dict[str, pathlib.Path]
+
+  @property
+  def failed(self) -> list[execute.JobOutcome]:
+    return [o for o in self.outcomes if o.status == "failed"]
+
+  @property
+  def skipped(self) -> list[str]:
+    return [o.key for o in self.outcomes if o.status == "skipped"]
+
+
+def default_out_dir(study_file: pathlib.Path, quick: bool) -> pathlib.Path:
+  """``experiments/<study>/`` (``.../quick/`` for --quick, so smoke runs never mix with real ones)."""
+  return study_file.parent / "quick" if quick else study_file.parent
+
+
+def run_study(study_name: str, *, quick: bool = False, out_dir: Optional[pathlib.Path] = None,
+              only: Sequence[str] = (), dry_run: bool = False, bindings: Sequence[str] = (),
+              parallel: int = 1, executor: Optional[execute.Executor] = None,
+              log: Callable[[str], None] = print) -> StudyReport:
+  """Runs (or, ``dry_run``, prints) a study's missing jobs, then writes its results from every finished job.
+
+  ``executor`` runs one command (default: a subprocess, logging to the job's
+  folder); tests inject a fake one.
+  """
+  study_file = study_config.find_study_file(study_name, EXPERIMENTS_DIR)
+  study = study_config.load_study(study_file, bindings)
+  if quick:
+    study = study.quick_version()
+  out_dir = (out_dir or default_out_dir(study_file, quick)).resolve()
+  jobs = plan.build_plan(study, out_dir, study_dir=study_file.parent, only=only or None)
+  log(f"Study {study.name}{' (--quick)' if quick else ''}: {len(jobs)} jobs "
+      f"({len(study.arms) if not only else len(only)} arms x {len(study.pretrain_seeds)} "
+      f"pretraining seeds; fine-tuning seeds {list(study.finetune_seeds)} on "
+      f"{list(study.finetune_tasks)}) in {out_dir}")
+  if dry_run:
+    outcomes = []
+    for job in jobs:
+      state = "done, skipped" if job.result_path.exists() else "to run"
+      log(f"# {job.key} ({state})")
+      log(shlex.join(job.pretrain_command))
+      log(shlex.join(job.finetune_command))
+      outcomes.append(execute.JobOutcome(job.key, "skipped" if state != "to run" else "planned"))
+    return StudyReport(study, out_dir, jobs, outcomes, {})
+  if executor is None:
+    executor = execute.SubprocessExecutor(out_dir / "compilation_cache")
+  outcomes = execute.run_plan(jobs, executor, REPO_ROOT, parallel=parallel, log=log)
+  # The table covers every finished job of the whole study, not only those of --only.
+  all_jobs = plan.build_plan(study, out_dir, study_dir=study_file.parent)
+  results = execute.load_results(all_jobs)
+  files: dict[str, pathlib.Path] = {}
+  if results:
+    arm_order = [arm.name for arm in study.arms]
+    summary = stats.summarize(results, arm_order)
+    results_dir = out_dir / "results"
+    plot_names = plots.write_plots(results_dir, results, summary)
+    files = table.write_results(results_dir, study.to_json(), summary, results, quick=quick,
+                                plots=plot_names)
+    files.update({name: results_dir / name for name in plot_names})
+    log(f"Results of {len(results)}/{len(all_jobs)} jobs: {files['md']}")
+  else:
+    log("No finished jobs yet: no results written.")
+  return StudyReport(study, out_dir, jobs, outcomes, files)
