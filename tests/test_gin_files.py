@@ -141,7 +141,9 @@ _GIN_REFERENCE = re.compile(r"(?<![\w/.-])(?:gin/)?([a-z0-9_]+/[a-z0-9_]+\.gin)\
 def test_gin_files_named_in_docs_and_help_exist():
   repo = GIN_DIR.parent
   sources = {"lmlab.main --help": cli.build_parser().format_help()}
-  for pattern in ("README.md", "docs/*.md", "lmlab/**/*.py", "gin/**/*.gin", "experiments/**/*",
+  # Text sources only: study runs may leave checkpoints and logs under experiments/.
+  for pattern in ("README.md", "docs/*.md", "lmlab/**/*.py", "gin/**/*.gin", "experiments/**/*.py",
+                  "experiments/**/*.gin", "experiments/**/*.md", "experiments/**/*.sh",
                   "colab/*.ipynb"):
     for path in repo.glob(pattern):
       if path.is_file():
