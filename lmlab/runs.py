@@ -142,7 +142,7 @@ def graft_start(model: ModelWrapper, start: StartingPoint):
   """``Trainer.init_params``: fresh parameters with the starting point's grafted in."""
   def graft(fresh):
     params, new, _ = pretrained.graft_pretrained(
-        fresh, start.params, required_prefixes=model.inherited_prefixes,
+        fresh, start.params, required_prefixes=start.required_prefixes(model.inherited_prefixes),
         source=f"checkpoint {start.source}")
     if new:
       logger.warning("Not in %s, initialised fresh: %s.", start.source, ", ".join(new[:8]))

@@ -20,7 +20,7 @@ Conversion itself needs only numpy and safetensors (no torch, no network).
 Command line: ``python -m lmlab.convert {import,export} --family {auto,t5,bert,bigs}``.
 """
 
-from lmlab.convert.auto import (TOKENIZER_FILES, ImportedCheckpoint, export_hf_checkpoint, graft,
+from lmlab.convert.auto import (TOKENIZER_FILES, ImportedCheckpoint, export_hf_checkpoint,
                                 is_hf_folder, load_hf_checkpoint)
 from lmlab.convert.bigs import load_reference_bigs, save_reference_bigs
 from lmlab.convert.common import ConversionError, load_params, save_params
@@ -33,7 +33,6 @@ __all__ = [
     "ImportedCheckpoint",
     "TOKENIZER_FILES",
     "export_hf_checkpoint",
-    "graft",
     "is_hf_folder",
     "load_hf_checkpoint",
     "bert_config_from_hf",

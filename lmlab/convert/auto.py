@@ -33,7 +33,8 @@ specific, never "missing"); for ``t5`` it is ``("decoder", "lm_head")`` for an
 encoder-only file and empty otherwise. T5's ``lm_head`` is the vocabulary
 projection (``decoder/logits_dense``, or the scaled shared embedding when
 tied), so it comes and goes with the decoder. Missing parts are for the
-caller to initialise where its network needs them (``graft``).
+caller to initialise where its network needs them
+(``lmlab.training.pretrained.graft_pretrained``).
 
 T5 v1.0 / v1.1 / Flan-T5 / ByT5 are all ``model_type="t5"`` and differ only
 in their config (activation, tying, sizes), which ``network`` reflects.
@@ -45,7 +46,7 @@ import dataclasses
 import json
 import os
 import shutil
-from typing import Any, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import numpy as np
@@ -496,62 +497,3 @@ def export_hf_checkpoint(folder: str | os.PathLike, network: EncoderConfig | T5C
     bigs.save_reference_bigs(folder, network, params, base=base)
   if tokenizer_dir is not None:
     copy_tokenizer_files(tokenizer_dir, folder)
-
-
-# ----------------------------------------------------------------------------
-# Grafting an import onto a freshly initialised network.
-# ----------------------------------------------------------------------------
-
-
-class Grafted(NamedTuple):
-  """What ``graft`` returns.
-
-  Attributes:
-    params: The fresh tree with every imported parameter put in.
-    initialised: ``/``-joined paths left at their fresh values (e.g. a new
-      classifier, or the decoder of a ``T5EncoderModel`` import).
-    unused: ``/``-joined imported paths the network has no place for (e.g.
-      an MLM head when fine-tuning a classifier).
-  """
-
-  params: Params
-  initialised: tuple[str, ...]
-  unused: tuple[str, ...]
-
-
-def graft(fresh: Mapping[str, Any], imported: Mapping[str, Any]) -> Grafted:
-  """Puts imported parameters into a freshly initialised tree of the target network.
-
-  Leaves of ``fresh`` may be boxed (``nn.Partitioned``); the box and its
-  sharding names are kept and only the value is replaced. Use it for the
-  parts a checkpoint lacks (``ImportedCheckpoint.missing``) or that a task
-  adds.
-
-  Raises:
-    ConversionError: If an imported parameter has another shape than the
-      network's, or nothing at all matches (e.g. a scanned network and an
-      unscanned import).
-  """
-  fresh_flat = common.flatten(fresh)
-  imported_flat = common.flatten(nn.meta.unbox(imported))
-  out, initialised = {}, []
-  for path, leaf in fresh_flat.items():
-    if path not in imported_flat:
-      out[path] = leaf
-      initialised.append(common.path_str(path))
-      continue
-    value = np.asarray(imported_flat[path])
-    target = leaf.unbox() if isinstance(leaf, nn.meta.AxisMetadata) else leaf
-    if tuple(np.shape(target)) != value.shape:
-      raise ConversionError(
-          f"Imported parameter {common.path_str(path)} has shape {value.shape}; the network's "
-          f"is {tuple(np.shape(target))}.")
-    dtype = getattr(target, "dtype", None)
-    value = value if dtype is None else value.astype(dtype)
-    out[path] = leaf.replace_boxed(value) if isinstance(leaf, nn.meta.AxisMetadata) else value
-  if len(initialised) == len(fresh_flat) and imported_flat:
-    raise ConversionError(
-        "No imported parameter fits the network (is one scanned and the other not?); "
-        f"imported paths start with {sorted({p[:2] for p in imported_flat})[:4]}.")
-  unused = tuple(common.path_str(p) for p in imported_flat if p not in fresh_flat)
-  return Grafted(common.unflatten(out), tuple(initialised), unused)

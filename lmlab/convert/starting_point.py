@@ -51,6 +51,9 @@ class StartingPoint:
     label_names: Class names of an imported classifier head (``id2label``).
     model_type: Hugging Face ``model_type`` (for export), when known.
     hf_config: The Hugging Face config, when known (kept on export).
+    missing: Top-level parts a full network of its family has that the
+      checkpoint lacks (a T5 encoder-only import: ``decoder``); a run that
+      needs them starts them fresh instead of refusing the checkpoint.
     pooling: How the checkpoint pools a sequence (``cls`` for BERT-family
       poolers and classifiers, ``mean`` for BiGS or a sentence-transformers
       mean pooling), when it says.
@@ -66,6 +69,11 @@ class StartingPoint:
   model_type: Optional[str] = None
   hf_config: Optional[dict] = None
   pooling: Optional[str] = None
+  missing: tuple[str, ...] = ()
+
+  def required_prefixes(self, inherited: tuple[str, ...]) -> tuple[str, ...]:
+    """The parts of ``inherited`` (a wrapper's ``inherited_prefixes``) this checkpoint must hold."""
+    return tuple(prefix for prefix in inherited if prefix not in self.missing)
 
 
 def _network_from_sidecar(sidecar: dict) -> Network:
@@ -113,7 +121,8 @@ def _hugging_face(path: str) -> StartingPoint:
                        network=checkpoint.network, family=checkpoint.family,
                        vocabulary=checkpoint.folder if has_tokenizer else path,
                        label_names=checkpoint.label_names, model_type=checkpoint.model_type,
-                       hf_config=checkpoint.hf_config, pooling=checkpoint.pooling)
+                       hf_config=checkpoint.hf_config, pooling=checkpoint.pooling,
+                       missing=tuple(checkpoint.missing))
 
 
 def load_starting_point(path: str, step: Optional[int] = None, *,

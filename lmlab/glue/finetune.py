@@ -126,7 +126,7 @@ def pretrained_init(model, start: Optional[StartingPoint], spec: glue_spec.TaskS
 
   def graft(fresh):
     params, _, _ = pretrained.graft_pretrained(
-        fresh, old, required_prefixes=model.inherited_prefixes,
+        fresh, old, required_prefixes=start.required_prefixes(model.inherited_prefixes),
         source=f"checkpoint {start.source}")
     return params
   return graft

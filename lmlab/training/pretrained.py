@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Mapping
 
+import flax.linen as nn
 import numpy as np
 from flax import traverse_util
 
@@ -24,7 +25,8 @@ def graft_pretrained(fresh: Mapping, pretrained: Mapping, *, required_prefixes: 
   """``fresh`` with every leaf that ``pretrained`` also has replaced by the pretrained value.
 
   Args:
-    fresh: The new model's initialised parameters (nested dicts of arrays).
+    fresh: The new model's initialised parameters (nested dicts of arrays or shapes;
+      leaves boxed with sharding names, ``nn.Partitioned``, keep their box).
     pretrained: The pretraining run's parameters.
     required_prefixes: Top-level names that must come from ``pretrained``
       (e.g. ``("encoder",)``); if none of their leaves is found there, the
@@ -41,7 +43,7 @@ def graft_pretrained(fresh: Mapping, pretrained: Mapping, *, required_prefixes: 
       some: another config).
   """
   flat_fresh = traverse_util.flatten_dict(dict(fresh), sep="/")
-  flat_old = traverse_util.flatten_dict(dict(pretrained), sep="/")
+  flat_old = traverse_util.flatten_dict(dict(nn.meta.unbox(pretrained)), sep="/")
   required = [p for p in flat_fresh if p.split("/")[0] in required_prefixes]
   missing = [p for p in required if p not in flat_old]
   # Mostly missing: not a different size of the same network but another network.
@@ -60,12 +62,15 @@ def graft_pretrained(fresh: Mapping, pretrained: Mapping, *, required_prefixes: 
     if path not in flat_old:
       grafted[path] = value
       continue
+    # A fresh leaf may be boxed with its sharding names (nn.Partitioned): keep the box.
+    target = value.unbox() if isinstance(value, nn.meta.AxisMetadata) else value
     old = np.asarray(flat_old[path])
-    if tuple(old.shape) != tuple(value.shape):
+    if tuple(old.shape) != tuple(target.shape):
       raise ValueError(f"Parameter {path} has shape {tuple(old.shape)} in {source} but "
-                       f"{tuple(value.shape)} in this model: the model config differs from the "
+                       f"{tuple(target.shape)} in this model: the model config differs from the "
                        "pretraining config. Use the same model gin file (and vocabulary).")
-    grafted[path] = old.astype(value.dtype)
+    old = old.astype(target.dtype)
+    grafted[path] = value.replace_boxed(old) if isinstance(value, nn.meta.AxisMetadata) else old
   new = sorted(p for p in flat_fresh if p not in flat_old)
   unused = sorted(p for p in flat_old if p not in flat_fresh)
   logger.info("Fine-tune init from %s: %d pretrained tensors, %d new (%s), %d left behind.",

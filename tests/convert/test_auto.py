@@ -30,6 +30,7 @@ from lmlab.convert.__main__ import main as convert_main
 from lmlab.models.config import EncoderConfig, T5Config
 from lmlab.models.encoder import Encoder, EncoderForMaskedLM, EncoderForSequenceClassification
 from lmlab.models.encoder_decoder import EncoderDecoder
+from lmlab.training.pretrained import graft_pretrained
 
 TOLERANCE = 1e-4
 BERT_SIZES = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -383,17 +384,19 @@ def test_t5_encoder_grafts_onto_a_fresh_decoder(t5_layouts):
   checkpoint = auto.load_hf_checkpoint(t5_layouts["t5_encoder"][0])
   ids = np.ones((1, 4), np.int32)
   fresh = jax.eval_shape(EncoderDecoder(checkpoint.network).init, jax.random.PRNGKey(0), ids, ids)
-  grafted = auto.graft(fresh["params"], checkpoint.params)
-  assert grafted.unused == ()
-  assert grafted.initialised and all(p.startswith("decoder/") for p in grafted.initialised)
+  grafted, initialised, unused = graft_pretrained(
+      fresh["params"], checkpoint.params, required_prefixes=("token_embedder", "encoder"))
+  assert unused == []
+  assert initialised and all(p.startswith("decoder/") for p in initialised)
   # Boxes (sharding names) are kept; values are the imported ones.
-  assert isinstance(grafted.params["encoder"]["final_norm"]["scale"], nn.Partitioned)
-  params = common.flatten(nn.meta.unbox(grafted.params))
+  assert isinstance(grafted["encoder"]["final_norm"]["scale"], nn.Partitioned)
+  params = common.flatten(nn.meta.unbox(grafted))
   for path, value in common.flatten(checkpoint.params).items():
     np.testing.assert_array_equal(np.asarray(params[path]), value)
   assert not any(path[0] == "decoder" for path in common.flatten(checkpoint.params))
-  with pytest.raises(ConversionError, match="shape"):
-    auto.graft(fresh["params"], {"token_embedder": {"embedding": np.zeros((3, 3), np.float32)}})
+  with pytest.raises(ValueError, match="shape"):
+    graft_pretrained(fresh["params"], {"token_embedder": {"embedding": np.zeros((3, 3), np.float32)}},
+                     required_prefixes=("token_embedder",))
 
 
 # --- BiGS routing ---------------------------------------------------------------------------
@@ -457,17 +460,19 @@ def test_mlm_import_fine_tuned_exports_as_classifier(bert_layouts, tmp_path):
   checkpoint = auto.load_hf_checkpoint(bert_layouts["RobertaForMaskedLM"][0])
   config = checkpoint.network
   model = EncoderForSequenceClassification(config, 2, pooling=checkpoint.pooling)
-  grafted = auto.graft(random_params(model, np.ones((1, 4), np.int32)), checkpoint.params)
-  assert {p.split("/")[0] for p in grafted.initialised} == {"pooler", "classifier"}
-  assert {p.split("/")[0] for p in grafted.unused} == {"mlm_head"}
-  auto.export_hf_checkpoint(tmp_path, config, grafted.params, model_type="roberta",
+  grafted, initialised, unused = graft_pretrained(
+      random_params(model, np.ones((1, 4), np.int32)), checkpoint.params,
+      required_prefixes=("encoder",))
+  assert {p.split("/")[0] for p in initialised} == {"pooler", "classifier"}
+  assert {p.split("/")[0] for p in unused} == {"mlm_head"}
+  auto.export_hf_checkpoint(tmp_path, config, grafted, model_type="roberta",
                             hf_config=checkpoint.hf_config)
   reloaded, info = transformers.AutoModelForSequenceClassification.from_pretrained(
       tmp_path, output_loading_info=True)
   assert type(reloaded) is transformers.RobertaForSequenceClassification
   assert not info["missing_keys"] and not info["unexpected_keys"]
   ids, types, _ = bert_inputs(config)
-  want = lmlab_bert(config, "classifier", 2)(grafted.params, ids, types)
+  want = lmlab_bert(config, "classifier", 2)(grafted, ids, types)
   got = hf_run(reloaded.eval(), ids, types, config.pad_id).logits.numpy()
   assert _max_error("export RobertaForSequenceClassification (grafted)", got, want) <= TOLERANCE
 

@@ -62,8 +62,11 @@ def bert_folder(folder: pathlib.Path, architecture: str = "BertForSequenceClassi
   return folder
 
 
-def t5_folder(folder: pathlib.Path, seed: int = 0) -> pathlib.Path:
-  """A tiny T5 v1.1 (gated-GELU, untied) with the shipped 8k SentencePiece model + 100 sentinels."""
+def t5_folder(folder: pathlib.Path, seed: int = 0, encoder_only: bool = False) -> pathlib.Path:
+  """A tiny T5 v1.1 (gated-GELU, untied) with the shipped 8k SentencePiece model + 100 sentinels.
+
+  ``encoder_only`` saves a ``T5EncoderModel`` (no decoder) instead.
+  """
   import transformers  # pylint: disable=import-outside-toplevel
   folder.mkdir(parents=True, exist_ok=True)
   # What released T5 folders ship for the tokenizer: the SentencePiece model and a config
@@ -78,6 +81,7 @@ def t5_folder(folder: pathlib.Path, seed: int = 0) -> pathlib.Path:
       dropout_rate=0.0, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
       decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
   torch.manual_seed(seed)
-  model = transformers.T5ForConditionalGeneration(config).eval()
+  architecture = transformers.T5EncoderModel if encoder_only else transformers.T5ForConditionalGeneration
+  model = architecture(config).eval()
   model.save_pretrained(str(folder), safe_serialization=True)
   return folder

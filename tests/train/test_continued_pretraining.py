@@ -159,3 +159,18 @@ def test_a_folder_without_tokenizer_files_is_refused_naming_them(tmp_path, bert_
   with pytest.raises(FileNotFoundError, match=r"vocab\.txt") as error:
     runs.prepare(None, data, str(tmp_path / "run"), start)
   assert str(bare) in str(error.value)
+
+
+def test_a_t5_encoder_folder_starts_a_full_model_with_a_fresh_decoder(tmp_path):
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from lmlab.wrappers.encoder_decoder import EncoderDecoderModel  # pylint: disable=import-outside-toplevel
+  start = load_starting_point(str(hf_folders.t5_folder(tmp_path / "t5_encoder", encoder_only=True)))
+  assert "decoder" in start.missing
+  model = EncoderDecoderModel(start.network)
+  fresh = jax.device_get(nn.meta.unbox(model.init(jax.random.PRNGKey(0), 1)))
+  params = runs.graft_start(model, start)(fresh)
+  np.testing.assert_array_equal(params["encoder"]["final_norm"]["scale"],
+                                start.params["encoder"]["final_norm"]["scale"])
+  np.testing.assert_array_equal(params["decoder"]["final_norm"]["scale"],
+                                fresh["decoder"]["final_norm"]["scale"])
