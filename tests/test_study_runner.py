@@ -45,8 +45,8 @@ def test_example_study_parses_and_quick_override_applies():
   assert study.arm("bigs").gin_files == ["models/bigs_tiny.gin", "runs/bigs_quickstart.gin"]
   assert study.arm("bigs").model_gin_files() == ["models/bigs_tiny.gin"]
   assert list(study.finetune_tasks) == ["offline"]
-  assert study.pretrain_bindings["TRAIN_STEPS"] == 2000
-  assert len(study.pretrain_seeds) == 5
+  assert study.pretrain_bindings["TRAIN_STEPS"] == 500
+  assert len(study.pretrain_seeds) == 3
 
   quick = study.quick_version()
   assert list(quick.pretrain_seeds) == [0, 1] and list(quick.finetune_seeds) == [0]

@@ -63,12 +63,16 @@ class Arm:
     finetune_gin_files: Gin files that rebuild this arm's network for
       fine-tuning. None: the ``models/...`` files of ``gin_files``.
     finetune_bindings: Extra fine-tuning bindings of this arm (over the study's).
+    baseline: Another arm this one is compared with seed by seed (paired
+      differences of loss, score and reported metrics, with bootstrap
+      intervals), e.g. BitNet against the float model of the same size.
   """
   name: str = gin.REQUIRED
   gin_files: Sequence[str] = gin.REQUIRED
   bindings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   finetune_gin_files: Optional[Sequence[str]] = None
   finetune_bindings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  baseline: Optional[str] = None
 
   def model_gin_files(self) -> list[str]:
     """The gin files fine-tuning includes to rebuild the pretrained network."""
@@ -91,6 +95,8 @@ class Quick:
   finetune_seeds: Optional[Sequence[int]] = None
   finetune_tasks: Optional[Sequence[str]] = None
   finetune_gin_files: Optional[Sequence[str]] = None
+  wall_clock_seconds: Optional[float] = None
+  calibration_steps: Optional[int] = None
 
 
 @gin.configurable(module="studies")
@@ -111,6 +117,20 @@ class Study:
     finetune_tasks: ``FinetuneConfig.tasks`` of every fine-tuning run.
     finetune_seeds: ``FinetuneConfig.seeds``: fine-tunes per pretrained checkpoint.
     quick: The ``--quick`` override (None: ``--quick`` is refused).
+    measure_script: A Python file in the study folder run after each
+      pretraining as ``python <script> --model_dir=<pretrain dir> --out=<json>``;
+      it writes a JSON object of numbers (e.g. packed weight bytes, encoder
+      speed-up), reported as ``measure/<name>``. None: no measure stage.
+    report_metrics: Extra columns of the table, each a final evaluation metric
+      of pretraining (``eval/<name>``, e.g. ``eval/deletion_rate``) or a
+      measure (``measure/<name>``); mean and bootstrap interval over seeds.
+    wall_clock_seconds: Equal wall-clock instead of equal steps: each arm first
+      runs ``calibration_steps`` steps to measure its step rate, then every
+      seed trains ``TRAIN_STEPS = rate x wall_clock_seconds`` steps (so its
+      learning-rate schedule completes) with ``TrainConfig.time_budget_seconds``
+      as a hard cap. None: the bound ``TRAIN_STEPS``.
+    calibration_steps: Steps of the calibration run (its first quarter, with
+      compilation, is not timed).
   """
   name: str = gin.REQUIRED
   claim: str = ""
@@ -122,6 +142,10 @@ class Study:
   finetune_tasks: Sequence[str] = ("offline",)
   finetune_seeds: Sequence[int] = (0,)
   quick: Optional[Quick] = None
+  measure_script: Optional[str] = None
+  report_metrics: Sequence[str] = ()
+  wall_clock_seconds: Optional[float] = None
+  calibration_steps: int = 40
 
   def __post_init__(self):
     if not self.arms:
@@ -135,9 +159,31 @@ class Study:
     if duplicates:
       raise StudyError(f"Study {self.name!r} has arms with the same name: {duplicates}; give "
                        "each scoped Arm its own name (e.g. bert/Arm.name = 'bert').")
-    for field in ("pretrain_seeds", "finetune_seeds", "finetune_tasks"):
+    for field in ("pretrain_seeds", "finetune_seeds"):
       if not list(getattr(self, field)):
         raise StudyError(f"Study.{field} is empty.")
+    for arm in self.arms:
+      if arm.baseline is not None and arm.baseline not in names:
+        raise StudyError(f"Arm {arm.name!r} has baseline {arm.baseline!r}, which is not an arm of "
+                         f"the study; its arms: {names}.")
+    for metric in self.report_metrics:
+      if not metric.startswith(("eval/", "measure/")):
+        raise StudyError(f"Study.report_metrics entry {metric!r} must be 'eval/<name>' (a final "
+                         "pretraining evaluation metric) or 'measure/<name>' (from the measure "
+                         "script).")
+      if metric.startswith("measure/") and not self.measure_script:
+        raise StudyError(f"Study.report_metrics names {metric!r} but Study.measure_script is not "
+                         "set.")
+    if self.wall_clock_seconds is not None and not self.wall_clock_seconds > 0:
+      raise StudyError(f"Study.wall_clock_seconds={self.wall_clock_seconds} must be positive.")
+    if self.calibration_steps < 8:
+      raise StudyError(f"Study.calibration_steps={self.calibration_steps} is too few to time "
+                       "(use at least 8).")
+
+  @property
+  def finetunes(self) -> bool:
+    """Whether checkpoints are fine-tuned (a pretraining-only study has no tasks)."""
+    return bool(list(self.finetune_tasks))
 
   def arm(self, name: str) -> Arm:
     for arm in self.arms:
@@ -161,6 +207,8 @@ class Study:
         finetune_seeds=tuple(keep(q.finetune_seeds, self.finetune_seeds)),
         finetune_tasks=tuple(keep(q.finetune_tasks, self.finetune_tasks)),
         finetune_gin_files=tuple(keep(q.finetune_gin_files, self.finetune_gin_files)),
+        wall_clock_seconds=keep(q.wall_clock_seconds, self.wall_clock_seconds),
+        calibration_steps=keep(q.calibration_steps, self.calibration_steps),
         quick=None)
 
   def pretrain_bindings_for(self, arm: Arm) -> dict[str, Any]:

@@ -17,15 +17,22 @@ import os
 import pathlib
 import shlex
 import subprocess
+import threading
 import time
 from typing import Callable, Optional, Sequence
 
-from studylib.collect import collect_job, read_jsonl
+from studylib.calibrate import calibrate
+from studylib.collect import collect_job
+from studylib.config import StudyError
+from studylib.jsonl import read_jsonl
 from studylib.plan import Job
 
 # (command, log file, working directory) -> exit status.
 Executor = Callable[[list[str], pathlib.Path, pathlib.Path], int]
-STAGES = ("pretrain", "finetune")
+STAGES = ("pretrain", "measure", "finetune")
+# One calibration per arm even when its seeds run in parallel.
+_CALIBRATION_LOCKS: dict[pathlib.Path, threading.Lock] = {}
+_LOCKS_LOCK = threading.Lock()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +72,19 @@ def stage_done(job: Job, stage: str) -> bool:
              for a in read_jsonl(job.directory / "attempts.jsonl"))
 
 
+def pretrain_command(job: Job, executor: Executor, repo_root: pathlib.Path,
+                     log: Callable[[str], None] = print) -> list[str]:
+  """The job's pretraining command; in equal-wall-clock studies with the calibrated step count."""
+  cal = job.calibration
+  if cal is None:
+    return list(job.pretrain_command)
+  with _LOCKS_LOCK:
+    lock = _CALIBRATION_LOCKS.setdefault(cal.directory, threading.Lock())
+  with lock:
+    measured = calibrate(cal, lambda command, log_path: executor(command, log_path, repo_root), log)
+  return [*job.pretrain_command, *cal.flags(measured["steps_per_second"])]
+
+
 def run_job(job: Job, executor: Executor, repo_root: pathlib.Path,
             log: Callable[[str], None] = print) -> JobOutcome:
   """Runs the stages of ``job`` that are not done, then writes its result.json."""
@@ -73,8 +93,17 @@ def run_job(job: Job, executor: Executor, repo_root: pathlib.Path,
     return JobOutcome(job.key, "skipped")
   job.directory.mkdir(parents=True, exist_ok=True)
   outcome = JobOutcome(job.key, "done")
-  commands = {"pretrain": job.pretrain_command, "finetune": job.finetune_command}
+  try:
+    pretrain = pretrain_command(job, executor, repo_root, log)
+  except StudyError as e:
+    outcome.status, outcome.error = "failed", str(e)
+    log(f"[fail] {job.key}: {outcome.error}")
+    return outcome
+  commands = {"pretrain": pretrain, "measure": job.measure_command,
+              "finetune": job.finetune_command}
   for stage in STAGES:
+    if commands[stage] is None:
+      continue
     if stage_done(job, stage):
       log(f"[done] {job.key} {stage} (earlier attempt)")
       continue
@@ -115,6 +144,18 @@ def run_plan(jobs: Sequence[Job], executor: Executor, repo_root: pathlib.Path, *
 
 
 def load_results(jobs: Sequence[Job]) -> list[dict]:
-  """The result.json of every finished job of the plan, in plan order."""
-  return [json.loads(job.result_path.read_text(encoding="utf-8"))
-          for job in jobs if job.result_path.exists()]
+  """The result of every finished job of the plan, in plan order.
+
+  Read again from the run folders when they are still there (so a newer
+  collector, e.g. one reporting more metrics, applies to old runs too), else
+  from the job's result.json.
+  """
+  results = []
+  for job in jobs:
+    if not job.result_path.exists():
+      continue
+    try:
+      results.append(collect_job(job))
+    except (RuntimeError, ValueError, OSError):
+      results.append(json.loads(job.result_path.read_text(encoding="utf-8")))
+  return results

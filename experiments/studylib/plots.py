@@ -1,4 +1,4 @@
-"""PNG plots: pretraining loss curves per arm (mean and 95% CI band over seeds), score vs compute."""
+"""PNG plots: loss curves per arm (mean and 95% CI band over seeds), score vs compute, loss vs reported metrics."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from lmlab.glue.seeds import bootstrap_ci  # pylint: disable=wrong-import-positi
 
 LOSS_PLOT = "loss_curves.png"
 COMPUTE_PLOT = "score_vs_compute.png"
+METRICS_PLOT = "loss_vs_metrics.png"
 
 
 def band(curves: Sequence[Sequence[Sequence[float]]]) -> tuple[list[int], list[float], list[float], list[float]]:
@@ -65,7 +66,7 @@ def plot_score_vs_compute(results: Sequence[dict], summary: dict[str, dict],
              "pretraining wall time (s)")]
   for ax, (key, x_of, label) in zip(axes[0], panels):
     for arm, s in summary.items():
-      runs = [r for r in results if r["arm"] == arm and x_of(r) is not None]
+      runs = [r for r in results if r["arm"] == arm and x_of(r) is not None and r.get("finetune")]
       if not runs or s[key] is None or s["average"] is None:
         continue
       dots = ax.scatter([x_of(r) for r in runs], [r["finetune"]["average"] for r in runs],
@@ -86,10 +87,49 @@ def plot_score_vs_compute(results: Sequence[dict], summary: dict[str, dict],
   plt.close(fig)
 
 
-def write_plots(results_dir: pathlib.Path, results: Sequence[dict],
-                summary: dict[str, dict]) -> list[str]:
-  """Writes both PNGs into ``results_dir``; returns their file names."""
+def plot_loss_vs_metrics(results: Sequence[dict], summary: dict[str, dict],
+                         metrics: Sequence[str], path: pathlib.Path) -> None:
+  """One panel per reported metric: final loss against it, seeds as dots, arm means with CIs."""
+  fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4), squeeze=False)
+  for ax, metric in zip(axes[0], metrics):
+    for arm, s in summary.items():
+      runs = [r for r in results if r["arm"] == arm and r.get("metrics", {}).get(metric) is not None]
+      est = s["metrics"].get(metric)
+      if not runs or est is None:
+        continue
+      dots = ax.scatter([r["metrics"][metric] for r in runs],
+                        [r["pretrain"]["final_loss"] for r in runs], alpha=0.35, s=18)
+      loss = s["final_loss"]
+      ax.errorbar([est["mean"]], [loss["mean"]],
+                  xerr=[[est["mean"] - est["low"]], [est["high"] - est["mean"]]],
+                  yerr=[[loss["mean"] - loss["low"]], [loss["high"] - loss["mean"]]],
+                  fmt="o", capsize=4, markersize=8, color=dots.get_facecolor()[0][:3],
+                  label=f"{arm} (n={len(runs)})")
+    ax.set_xlabel(metric)
+    ax.set_ylabel(f"final {next(iter(summary.values()))['final_loss_split']} loss")
+    ax.set_title(f"Loss vs {metric}")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize="small")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def write_plots(results_dir: pathlib.Path, results: Sequence[dict], summary: dict[str, dict],
+                metrics: Sequence[str] = ()) -> list[str]:
+  """Writes the PNGs that apply into ``results_dir``; returns their file names.
+
+  Loss curves always; score vs compute when checkpoints were fine-tuned;
+  loss vs reported metrics when the study reports any.
+  """
   results_dir.mkdir(parents=True, exist_ok=True)
+  names = [LOSS_PLOT]
   plot_loss_curves(results, list(summary), results_dir / LOSS_PLOT)
-  plot_score_vs_compute(results, summary, results_dir / COMPUTE_PLOT)
-  return [LOSS_PLOT, COMPUTE_PLOT]
+  if any(r.get("finetune") for r in results):
+    plot_score_vs_compute(results, summary, results_dir / COMPUTE_PLOT)
+    names.append(COMPUTE_PLOT)
+  if metrics:
+    plot_loss_vs_metrics(results, summary, list(metrics), results_dir / METRICS_PLOT)
+    names.append(METRICS_PLOT)
+  return names

@@ -52,17 +52,22 @@ def run_study(study_name: str, *, quick: bool = False, out_dir: Optional[pathlib
     study = study.quick_version()
   out_dir = (out_dir or default_out_dir(study_file, quick)).resolve()
   jobs = plan.build_plan(study, out_dir, study_dir=study_file.parent, only=only or None)
+  finetuning = (f"fine-tuning seeds {list(study.finetune_seeds)} on {list(study.finetune_tasks)}"
+                if study.finetunes else "no fine-tuning")
   log(f"Study {study.name}{' (--quick)' if quick else ''}: {len(jobs)} jobs "
       f"({len(study.arms) if not only else len(only)} arms x {len(study.pretrain_seeds)} "
-      f"pretraining seeds; fine-tuning seeds {list(study.finetune_seeds)} on "
-      f"{list(study.finetune_tasks)}) in {out_dir}")
+      f"pretraining seeds; {finetuning}) in {out_dir}")
   if dry_run:
     outcomes = []
     for job in jobs:
       state = "done, skipped" if job.result_path.exists() else "to run"
       log(f"# {job.key} ({state})")
-      log(shlex.join(job.pretrain_command))
-      log(shlex.join(job.finetune_command))
+      if job.calibration is not None:
+        log("# equal wall-clock: TRAIN_STEPS and TrainConfig.time_budget_seconds are added after "
+            f"the arm's calibration run:\n{shlex.join(job.calibration.command)}")
+      for command in (job.pretrain_command, job.measure_command, job.finetune_command):
+        if command is not None:
+          log(shlex.join(command))
       outcomes.append(execute.JobOutcome(job.key, "skipped" if state != "to run" else "planned"))
     return StudyReport(study, out_dir, jobs, outcomes, {})
   if executor is None:
@@ -74,9 +79,10 @@ def run_study(study_name: str, *, quick: bool = False, out_dir: Optional[pathlib
   files: dict[str, pathlib.Path] = {}
   if results:
     arm_order = [arm.name for arm in study.arms]
-    summary = stats.summarize(results, arm_order)
+    summary = stats.summarize(results, arm_order, study.report_metrics,
+                              {arm.name: arm.baseline for arm in study.arms if arm.baseline})
     results_dir = out_dir / "results"
-    plot_names = plots.write_plots(results_dir, results, summary)
+    plot_names = plots.write_plots(results_dir, results, summary, study.report_metrics)
     files = table.write_results(results_dir, study.to_json(), summary, results, quick=quick,
                                 plots=plot_names)
     files.update({name: results_dir / name for name in plot_names})

@@ -109,6 +109,13 @@ class TrainConfig:
       while keeping the learning-rate schedule of ``train_steps``; a later run
       on the same MODEL_DIR continues. For time-limited jobs (SLURM, queued
       TPU slices). None: run to ``train_steps``.
+    time_budget_seconds: Stop training once this many wall seconds have passed
+      since the first step finished (compilation is not counted; periodic
+      evaluations are), then save, evaluate and end as at ``train_steps``.
+      For equal-wall-clock comparisons of recipes (cramming's budget); set
+      ``train_steps`` to what fits so the learning-rate schedule completes.
+      The budget is per process: a resumed run starts a fresh one. None: no
+      budget.
     compilation_cache_dir: JAX's persistent compilation cache: ``""`` uses
       JAX's own setting if given, else ``MODEL_DIR/compilation_cache``; a path
       uses that folder; None leaves it off (``training/compilation_cache.py``).
@@ -132,6 +139,7 @@ class TrainConfig:
   seed: int = 0
   progress_bar: bool = True
   stop_after_step: Optional[int] = None
+  time_budget_seconds: Optional[float] = None
   compilation_cache_dir: Optional[str] = ""
   compilation_cache_min_compile_secs: float = 1.0
   peak_tflops_per_device: Optional[float] = None
@@ -143,3 +151,6 @@ class TrainConfig:
           f"grad_accum_steps={self.grad_accum_steps}.")
     if self.train_steps < 0 or self.log_every <= 0 or self.checkpoint_every <= 0:
       raise ValueError("TrainConfig needs train_steps >= 0, log_every > 0 and checkpoint_every > 0.")
+    if self.time_budget_seconds is not None and not self.time_budget_seconds > 0:
+      raise ValueError(f"TrainConfig.time_budget_seconds={self.time_budget_seconds} must be a "
+                       "positive number of seconds (or None for no budget).")

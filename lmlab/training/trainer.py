@@ -35,6 +35,7 @@ import tqdm
 
 from lmlab.training import checkpointing, compilation_cache
 from lmlab.training.preemption import PreemptedError, StopSignal
+from lmlab.training.time_budget import TimeBudget
 from lmlab.training.metric_logging import MetricLogger
 from lmlab.training.mfu import Throughput
 from lmlab.wrappers.base import metrics_from_sums
@@ -444,6 +445,7 @@ class Trainer:
     end_step = min(cfg.train_steps, cfg.stop_after_step or cfg.train_steps)
     batches = train_batches(start_step) if callable(train_batches) else train_batches
     stop = StopSignal()
+    budget = TimeBudget(cfg.time_budget_seconds)
     try:
       with stop.installed():
         for step in range(start_step, end_step):
@@ -464,6 +466,12 @@ class Trainer:
           if done % cfg.checkpoint_every == 0 or done == end_step:
             save(done)
           # One process polls every step; several agree (a collective) at logging steps.
+          if done != end_step and budget.spent(metrics, at_log):
+            if last_saved != done:
+              save(done)
+            logging.warning("Time budget of %.0f s spent at step %d of %d: training ends here.",
+                            cfg.time_budget_seconds, done, cfg.train_steps)
+            break
           if done != end_step and (at_log or jax.process_count() == 1) and stop.agreed():
             if last_saved != done:
               save(done)

@@ -144,3 +144,19 @@ def test_eval_and_infer_modes_use_the_checkpoint(tmp_path, tiny_run, tiny_run_in
 def test_eval_without_checkpoint_is_a_clear_error(tmp_path, tiny_run_in_process):
   code, stderr = tiny_run_in_process(tmp_path, EVAL_SPLIT, run_mode="eval")
   assert code == 2 and "No checkpoint" in stderr
+
+
+def test_time_budget_ends_training_with_a_checkpoint(tmp_path, tiny_run_in_process):
+  # A schedule of 100,000 steps, a budget of half a second: the loop stops
+  # after a handful of steps, saves that step and ends normally.
+  model_dir = tmp_path / "budget"
+  code, stderr = tiny_run_in_process(model_dir, "--gin.TRAIN_STEPS=100000",
+                                     "--gin.TrainConfig.time_budget_seconds=0.5",
+                                     "--gin.TrainConfig.checkpoint_every=100000")
+  assert code == 0, stderr
+  steps = sorted(_train_losses(model_dir))
+  assert 2 <= steps[-1] < 100000
+  step, _ = _final_params(model_dir)
+  assert step == steps[-1]
+  code, stderr = tiny_run_in_process(tmp_path / "bad", "--gin.TrainConfig.time_budget_seconds=0")
+  assert code != 0 and "time_budget_seconds=0" in stderr
