@@ -303,3 +303,197 @@ def test_quick_study_end_to_end(tmp_path):
                           timeout=300, check=False)
   assert second.returncode == 0, second.stdout + second.stderr
   assert second.stdout.count("[skip]") == 4 and "[run]" not in second.stdout
+
+
+# ---------------------------------------------------------------------------
+# Measures, baselines, seed variance, equal wall-clock
+# ---------------------------------------------------------------------------
+
+PAIRED_STUDY = """
+Study.name = 'paired'
+Study.arms = [@base/Arm(), @new/Arm()]
+base/Arm.name = 'base'
+base/Arm.gin_files = ['runs/quickstart.gin']
+new/Arm.name = 'new'
+new/Arm.gin_files = ['runs/quickstart.gin']
+new/Arm.baseline = 'base'
+Study.pretrain_seeds = [0, 1, 2]
+Study.finetune_tasks = []
+Study.measure_script = 'measure.py'
+Study.report_metrics = ['measure/size', 'eval/accuracy']
+"""
+
+
+class FakeWithMeasures(FakeLmlab):
+  """FakeLmlab plus the measure script's output (size = 100 x seed, +1000 on the 'new' arm)."""
+
+  def __call__(self, command, log_path, cwd):
+    out = next((a for a in command if a.startswith("--out=")), None)
+    if out is None:
+      return super().__call__(command, log_path, cwd)
+    out = pathlib.Path(out.split("=", 1)[1])
+    seed = int(out.parent.name.split("_")[1])
+    self.calls.append((str(out), "measure"))
+    out.write_text(json.dumps({"size": 100.0 * seed + (1000 if out.parent.parent.name == "new" else 0),
+                               "note": "not a number"}))
+    return 0
+
+
+def _study_dir(tmp_path, text: str, measure: bool = True) -> pathlib.Path:
+  folder = tmp_path / "study"
+  folder.mkdir()
+  (folder / "study.gin").write_text(text)
+  if measure:
+    (folder / "measure.py").write_text("raise SystemExit('the fake executor never runs this')\n")
+  return folder
+
+
+def test_pretraining_only_study_with_measures_and_paired_baseline(tmp_path):
+  folder = _study_dir(tmp_path, PAIRED_STUDY)
+  fake = FakeWithMeasures()
+  report = runner.run_study(str(folder), out_dir=tmp_path / "out", executor=fake, log=_quiet)
+  assert not report.failed
+  assert sorted(mode for _, mode in fake.calls) == ["measure"] * 6 + ["train"] * 6  # no fine-tuning
+  stored = json.loads(report.files["json"].read_text())
+  runs = {(r["arm"], r["seed"]): r for r in stored["runs"]}
+  assert runs[("new", 2)]["metrics"]["measure/size"] == 1200.0
+  assert "measure/note" not in runs[("new", 2)]["metrics"]  # non-numbers are dropped
+  assert runs[("new", 2)]["finetune"] is None
+  summary = stored["summary"]
+  assert summary["new"]["baseline"] == "base" and "vs_baseline" not in summary["base"]
+  diff = summary["new"]["vs_baseline"]
+  # The fake's eval loss is 5.5 - seed on both arms: the paired difference is exactly 0.
+  assert diff["final_loss"]["values"] == [0.0, 0.0, 0.0]
+  assert diff["measure/size"]["mean"] == 1000.0 and diff["measure/size"]["low"] == 1000.0
+  mean, low, high = numpy_bootstrap([0.0, 100.0, 200.0])
+  est = summary["base"]["metrics"]["measure/size"]
+  np.testing.assert_allclose([est["mean"], est["low"], est["high"]], [mean, low, high])
+  md = report.files["md"].read_text()
+  assert "| arm | n | final eval loss | measure/size | eval/accuracy | steps |" in md
+  assert "| new | base | 3 | 0.0000 [0.0000, 0.0000] | 1,000 [1,000, 1,000] |" in md
+  assert "task average" not in md and plots.COMPUTE_PLOT not in report.files
+  assert (report.files[plots.METRICS_PLOT]).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_study_definition_errors(tmp_path):
+  folder = _study_dir(tmp_path, PAIRED_STUDY.replace("new/Arm.baseline = 'base'",
+                                                     "new/Arm.baseline = 'gone'"))
+  with pytest.raises(config.StudyError, match="baseline 'gone'"):
+    config.load_study(folder / "study.gin")
+  with pytest.raises(config.StudyError, match="'loss' must be 'eval/<name>'"):
+    config.load_study(folder / "study.gin", ["new/Arm.baseline = None",
+                                             "Study.report_metrics = ['loss']"])
+  (folder / "measure.py").unlink()
+  study = config.load_study(folder / "study.gin", ["new/Arm.baseline = None"])
+  with pytest.raises(config.StudyError, match="measure_script 'measure.py' is not a file"):
+    plan.build_plan(study, tmp_path, study_dir=folder)
+
+
+def test_variance_components_match_anova_sums_of_squares():
+  rng = np.random.default_rng(3)
+  grid = rng.normal(size=(5, 1)) * 2.0 + rng.normal(size=(5, 3)) * 0.5 + 70.0
+  p, f = grid.shape
+  grand, row_means = grid.mean(), grid.mean(axis=1)
+  ss_between = f * ((row_means - grand) ** 2).sum()
+  ss_within = ((grid - row_means[:, None]) ** 2).sum()
+  ms_between, ms_within = ss_between / (p - 1), ss_within / (p * (f - 1))
+  comp = stats.variance_components(grid)
+  np.testing.assert_allclose(comp["finetune_var"], ms_within)
+  np.testing.assert_allclose(comp["pretrain_var"], (ms_between - ms_within) / f)
+  # Only fine-tuning noise (identical checkpoints): the pretraining share is ~0;
+  # only pretraining differences (identical fine-tunes): it is 1.
+  noise = np.tile(np.array([[0.0, 1.0, -1.0]]), (5, 1))
+  assert stats.variance_components(noise)["pretrain_fraction"] == 0.0
+  shift = np.tile(np.arange(5.0)[:, None], (1, 3)) + np.array([0.0, 0.1, 0.2])
+  assert stats.variance_components(shift)["pretrain_fraction"] > 0.99
+  decomposed = stats.variance_decomposition(grid, num_resamples=500)
+  assert decomposed["pretrain_fraction_low"] <= decomposed["pretrain_fraction"] <= \
+      decomposed["pretrain_fraction_high"]
+
+
+def test_seed_variance_section_from_a_seed_grid(tmp_path):
+  rng = np.random.default_rng(0)
+  results = []
+  for seed in range(4):
+    offset = rng.normal() * 3
+    scores = {t: [{"seed": s, "main": 60 + offset + rng.normal(), "metrics": {}} for s in range(3)]
+              for t in ("toy", "other")}
+    task_main = {t: float(np.mean([e["main"] for e in v])) for t, v in scores.items()}
+    results.append({"arm": "bert", "seed": seed,
+                    "pretrain": {"final_step": 3, "tokens": 3, "final_loss": 5.0,
+                                 "final_loss_split": "eval", "curves": {"train": [], "eval": []},
+                                 "wall_seconds": 1.0},
+                    "metrics": {},
+                    "finetune": {"scores": scores, "task_main": task_main,
+                                 "average": float(np.mean(list(task_main.values()))),
+                                 "wall_seconds": 1.0},
+                    "wall_seconds": 2.0})
+  summary = stats.summarize(results, ["bert"])
+  variance = summary["bert"]["seed_variance"]
+  assert list(variance) == ["toy", "other", stats.AVERAGE]
+  grid = np.array([[e["main"] for e in r["finetune"]["scores"]["toy"]] for r in results])
+  np.testing.assert_allclose(variance["toy"]["pretrain_var"],
+                             stats.variance_components(grid)["pretrain_var"])
+  md = table.markdown({"name": "x", "arms": [{"name": "bert"}], "pretrain_seeds": [0, 1, 2, 3],
+                       "finetune_seeds": [0, 1, 2], "finetune_tasks": ["toy", "other"]},
+                      summary, results, quick=False, plots=[])
+  v = variance["toy"]
+  assert (f"| bert | toy | 4 x 3 | {np.sqrt(v['pretrain_var']):.2f} | "
+          f"{np.sqrt(v['finetune_var']):.2f} |") in md
+
+
+WALL_CLOCK_STUDY = """
+Study.name = 'timed'
+Study.arms = [@a/Arm(), @b/Arm()]
+a/Arm.name = 'a'
+a/Arm.gin_files = ['runs/quickstart.gin']
+b/Arm.name = 'b'
+b/Arm.gin_files = ['runs/quickstart.gin']
+Study.pretrain_seeds = [0, 1]
+Study.finetune_tasks = []
+Study.wall_clock_seconds = 30
+Study.calibration_steps = 40
+"""
+
+
+class FakeTimedLmlab(FakeLmlab):
+  """Calibration runs log timed windows: arm 'a' runs 2 steps/s, arm 'b' 5 (after a slow first window)."""
+
+  def __call__(self, command, log_path, cwd):
+    model_dir = pathlib.Path(next(a for a in command if a.startswith("--gin.MODEL_DIR="))
+                             .split("=", 1)[1].strip("'"))
+    if model_dir.parent.name != "calibration":
+      return super().__call__(command, log_path, cwd)
+    self.calls.append((str(model_dir), "calibration"))
+    assert "--gin.TRAIN_STEPS=40" in command and "--gin.TrainConfig.log_every=10" in command
+    rate = 2.0 if model_dir.parent.parent.name == "a" else 5.0
+    model_dir.mkdir(parents=True)
+    with open(model_dir / "metrics.jsonl", "w") as f:
+      for i, step in enumerate((10, 20, 30, 40)):
+        f.write(json.dumps({"step": step, "time": 1000.0 + 60 * (i > 0) + (step - 10) / rate,
+                            "train/loss": 5.0}) + "\n")
+    return 0
+
+
+def test_equal_wall_clock_calibrates_each_arm_once(tmp_path):
+  folder = _study_dir(tmp_path, WALL_CLOCK_STUDY, measure=False)
+  fake = FakeTimedLmlab()
+  report = runner.run_study(str(folder), out_dir=tmp_path / "out", executor=fake, log=_quiet,
+                            parallel=2)
+  assert not report.failed
+  assert sorted(d for d, mode in fake.calls if mode == "calibration") == [
+      str(tmp_path / "out" / "runs" / arm / "calibration" / "run") for arm in ("a", "b")]
+  stored = json.loads(report.files["json"].read_text())
+  for run in stored["runs"]:
+    expected = {"a": 60, "b": 150}[run["arm"]]  # 30 s x the rate after the first window
+    assert run["pretrain"]["calibration"]["train_steps"] == expected
+    assert run["pretrain"]["calibration"]["steps_per_second"] == pytest.approx(
+        {"a": 2.0, "b": 5.0}[run["arm"]])
+  again = FakeTimedLmlab()
+  for job in report.jobs:
+    job.result_path.unlink()
+    command = execute.pretrain_command(job, again, REPO_ROOT, _quiet)
+    steps = {"a": 60, "b": 150}[job.arm]
+    assert command[-2:] == [f"--gin.TRAIN_STEPS={steps}",
+                            "--gin.TrainConfig.time_budget_seconds=30.0"]
+  assert again.calls == []  # calibration.json is reused

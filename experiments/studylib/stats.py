@@ -75,6 +75,14 @@ def paired_differences(runs: Sequence[dict], baseline_runs: Sequence[dict], task
   return {name: estimate(values) for name, values in diffs.items()}
 
 
+def _components(grids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(pretraining variance, fine-tuning variance) of ``[..., p, f]`` score grids."""
+  f = grids.shape[-1]
+  within = grids.var(axis=-1, ddof=1).mean(axis=-1)
+  between_ms = f * grids.mean(axis=-1).var(axis=-1, ddof=1)
+  return np.maximum((between_ms - within) / f, 0.0), within
+
+
 def variance_components(grid: np.ndarray) -> dict[str, float]:
   """Pretraining vs fine-tuning variance of a (pretraining seeds x fine-tuning seeds) score grid.
 
@@ -85,9 +93,7 @@ def variance_components(grid: np.ndarray) -> dict[str, float]:
   """
   grid = np.asarray(grid, np.float64)
   p, f = grid.shape
-  within = float(grid.var(axis=1, ddof=1).mean())
-  between_ms = float(f * grid.mean(axis=1).var(ddof=1))
-  pretrain = max((between_ms - within) / f, 0.0)
+  pretrain, within = (float(v) for v in _components(grid))
   total = pretrain + within
   return {"pretrain_var": pretrain, "finetune_var": within, "total_var": total,
           "pretrain_fraction": pretrain / total if total > 0 else float("nan"),
@@ -100,15 +106,14 @@ def variance_decomposition(grid: np.ndarray, num_resamples: int = 10000,
   grid = np.asarray(grid, np.float64)
   point = variance_components(grid)
   rng = np.random.default_rng(seed)
-  samples = {"pretrain_fraction": [], "pretrain_var": [], "finetune_var": []}
-  for _ in range(num_resamples):
-    rows = grid[rng.integers(0, grid.shape[0], size=grid.shape[0])]
-    comp = variance_components(rows)
-    if np.isfinite(comp["pretrain_fraction"]):
-      for key in samples:
-        samples[key].append(comp[key])
+  grids = grid[rng.integers(0, grid.shape[0], size=(num_resamples, grid.shape[0]))]
+  pretrain, within = _components(grids)
+  total = pretrain + within
+  keep = total > 0
+  samples = {"pretrain_fraction": pretrain[keep] / total[keep], "pretrain_var": pretrain[keep],
+             "finetune_var": within[keep]}
   for key, values in samples.items():
-    low, high = np.quantile(values, [0.025, 0.975]) if values else (float("nan"),) * 2
+    low, high = np.quantile(values, [0.025, 0.975]) if values.size else (float("nan"),) * 2
     point[f"{key}_low"], point[f"{key}_high"] = float(low), float(high)
   return point
 
