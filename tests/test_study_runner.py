@@ -497,3 +497,18 @@ def test_equal_wall_clock_calibrates_each_arm_once(tmp_path):
     assert command[-2:] == [f"--gin.TRAIN_STEPS={steps}",
                             "--gin.TrainConfig.time_budget_seconds=30.0"]
   assert again.calls == []  # calibration.json is reused
+
+
+def test_readme_section_is_replaced_and_hand_text_kept(tmp_path):
+  readme = tmp_path / "README.md"
+  readme.write_text("# My study\n\nDiscussion written by hand.\n")
+  table.update_readme(readme, "# Study: x\n\n| a |\n\n![loss_curves.png](loss_curves.png)\n")
+  first = readme.read_text()
+  assert first.startswith("# My study\n\nDiscussion written by hand.\n\n" + table.README_START)
+  assert "## Study: x" in first and "![loss_curves.png](results/loss_curves.png)" in first
+  readme.write_text(first + "\nA note after the results.\n")
+  table.update_readme(readme, "# Study: y\n")
+  second = readme.read_text()
+  assert "Study: x" not in second and "## Study: y" in second
+  assert second.count(table.README_START) == 1 and second.endswith("A note after the results.\n")
+  assert "Discussion written by hand." in second

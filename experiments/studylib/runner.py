@@ -84,8 +84,12 @@ def run_study(study_name: str, *, quick: bool = False, out_dir: Optional[pathlib
     results_dir = out_dir / "results"
     plot_names = plots.write_plots(results_dir, results, summary, study.report_metrics)
     files = table.write_results(results_dir, study.to_json(), summary, results, quick=quick,
-                                plots=plot_names)
+                                plots=plot_names, env=table.environment())
     files.update({name: results_dir / name for name in plot_names})
+    if not quick and out_dir == study_file.parent.resolve():
+      # A full run in the study's own folder: its README shows these results.
+      table.update_readme(study_file.parent / "README.md", files["md"].read_text(encoding="utf-8"))
+      files["readme"] = study_file.parent / "README.md"
     log(f"Results of {len(results)}/{len(all_jobs)} jobs: {files['md']}")
   else:
     log("No finished jobs yet: no results written.")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
+import os
 import pathlib
+import platform
+import re
 from typing import Optional, Sequence
 
 from studylib.stats import task_names
@@ -19,6 +23,27 @@ def number(value: float, digits: Optional[int] = None) -> str:
   if abs(value) >= 1000:
     return f"{value:,.0f}"
   return f"{value:.4g}"
+
+
+README_START = "<!-- results:start (written by experiments/run.py; edits here are replaced) -->"
+README_END = "<!-- results:end -->"
+
+
+def environment() -> dict:
+  """The machine the results came from (CPU model, cores, library versions, date)."""
+  cpu = platform.processor() or platform.machine()
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+      if line.startswith("model name"):
+        cpu = line.split(":", 1)[1].strip()
+        break
+  except OSError:
+    pass
+  import jax  # pylint: disable=import-outside-toplevel
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return {"cpu": cpu, "cores": cores, "platform": platform.platform(),
+          "python": platform.python_version(), "jax": jax.__version__,
+          "date": datetime.date.today().isoformat()}
 
 
 def cell(est: Optional[dict], digits: Optional[int] = 2) -> str:
@@ -48,7 +73,7 @@ def _quantity_columns(study: dict, tasks: Sequence[str],
 
 
 def markdown(study: dict, summary: dict[str, dict], results: Sequence[dict], *, quick: bool,
-             plots: Sequence[str]) -> str:
+             plots: Sequence[str], env: Optional[dict] = None) -> str:
   """The results.md text: claim, setup, the per-arm table, comparisons, seed variance, per-seed rows, plots."""
   tasks = task_names(results)
   split = next(iter(summary.values()))["final_loss_split"] if summary else "eval"
@@ -122,16 +147,47 @@ def markdown(study: dict, summary: dict[str, dict], results: Sequence[dict], *, 
                        number(ft["wall_seconds"], 1) if ft else "-"]))
   if plots:
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+  if env:
+    compute = sum(r["wall_seconds"] for r in results)
+    compute += sum({r["arm"]: (r["pretrain"].get("calibration") or {}).get("seconds", 0.0)
+                    for r in results}.values())  # one calibration per arm
+    lines += ["", "## Machine and time", "",
+              f"{env['cpu']}, {env['cores']} cores available; {env['platform']}; Python "
+              f"{env['python']}, JAX {env['jax']}; {env['date']}. Wall time of every run "
+              f"(pretraining, measuring, fine-tuning; interrupted attempts included): "
+              f"{compute / 60:.1f} min."]
   return "\n".join(lines) + "\n"
 
 
+def update_readme(readme: pathlib.Path, results_md: str, results_dir_name: str = "results") -> None:
+  """Puts ``results_md`` into the study's README.md between the results markers.
+
+  Headings move down one level and image links point into the results
+  folder. A README without the markers gets the section appended, so the
+  hand-written text above it (discussion, the paper's claim) is kept.
+  """
+  body = re.sub(r"^(#+) ", r"#\1 ", results_md, flags=re.MULTILINE)
+  body = re.sub(r"!\[([^\]]*)\]\(([^)/]+)\)", rf"![\1]({results_dir_name}/\2)", body)
+  section = f"{README_START}\n{body.rstrip()}\n{README_END}"
+  text = readme.read_text(encoding="utf-8") if readme.exists() else ""
+  if README_START in text and README_END in text:
+    head, rest = text.split(README_START, 1)
+    tail = rest.split(README_END, 1)[1]
+    text = head + section + tail
+  else:
+    text = (text.rstrip() + "\n\n" if text else "") + section + "\n"
+  readme.write_text(text, encoding="utf-8")
+
+
 def write_results(results_dir: pathlib.Path, study: dict, summary: dict[str, dict],
-                  results: Sequence[dict], *, quick: bool, plots: Sequence[str]) -> dict[str, pathlib.Path]:
+                  results: Sequence[dict], *, quick: bool, plots: Sequence[str],
+                  env: Optional[dict] = None) -> dict[str, pathlib.Path]:
   """Writes results.json and results.md into ``results_dir``; returns their paths."""
   results_dir.mkdir(parents=True, exist_ok=True)
   paths = {"json": results_dir / "results.json", "md": results_dir / "results.md"}
-  paths["json"].write_text(json.dumps({"study": study, "quick": quick, "summary": summary,
-                                       "runs": list(results)}, indent=1), encoding="utf-8")
-  paths["md"].write_text(markdown(study, summary, results, quick=quick, plots=plots),
+  paths["json"].write_text(json.dumps({"study": study, "quick": quick, "environment": env,
+                                       "summary": summary, "runs": list(results)}, indent=1),
+                           encoding="utf-8")
+  paths["md"].write_text(markdown(study, summary, results, quick=quick, plots=plots, env=env),
                          encoding="utf-8")
   return paths
