@@ -512,3 +512,56 @@ def test_readme_section_is_replaced_and_hand_text_kept(tmp_path):
   assert "Study: x" not in second and "## Study: y" in second
   assert second.count(table.README_START) == 1 and second.endswith("A note after the results.\n")
   assert "Discussion written by hand." in second
+
+
+# Each study's measure script, calibration or seed grid, through the real CLI
+# (--quick, two arms or one): the reported numbers exist and make sense.
+QUICK_STUDIES = {
+    "mrt5_deletion": (["byt5", "mrt5_50"], ["eval/deletion_rate", "measure/hard_deletion_rate",
+                                            "measure/encoder_speedup"]),
+    "bitnet_vs_float": (["float_128", "bitnet_128"], ["measure/linear_served_bytes",
+                                                      "measure/packed_logits_max_abs_diff"]),
+    "recipes_wall_clock": (["crammed"], []),
+    "multiberts_seeds": (["bert"], []),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(QUICK_STUDIES))
+def test_each_study_quick(tmp_path, name):
+  arms, metrics = QUICK_STUDIES[name]
+  out = tmp_path / "out"
+  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
+             XLA_FLAGS="")
+  proc = subprocess.run([sys.executable, str(EXPERIMENTS / "run.py"), name, "--quick", "--out",
+                         str(out), "--only", ",".join(arms)], cwd=REPO_ROOT, env=env,
+                        capture_output=True, text=True, timeout=900, check=False)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  stored = json.loads((out / "results" / "results.json").read_text())
+  runs = {r["arm"]: r for r in stored["runs"]}
+  assert sorted(runs) == sorted(arms)
+  md = (out / "results" / "results.md").read_text()
+  for metric in metrics:
+    assert metric in md
+  if name == "mrt5_deletion":
+    gated = runs["mrt5_50"]["metrics"]
+    assert 0.0 < gated["measure/hard_deletion_rate"] < 1.0 and gated["measure/encoder_speedup"] > 0
+    assert runs["byt5"]["metrics"]["measure/encoder_speedup"] == 1.0
+    assert stored["summary"]["mrt5_50"]["baseline"] == "byt5"
+  if name == "bitnet_vs_float":
+    packed = runs["bitnet_128"]["metrics"]
+    assert packed["measure/packed_logits_max_abs_diff"] == 0.0  # packing is exact
+    assert packed["measure/linear_float_bytes"] / packed["measure/linear_served_bytes"] > 15
+    assert runs["float_128"]["metrics"]["measure/linear_compression"] == 1.0
+  if name == "recipes_wall_clock":
+    calibration = runs["crammed"]["pretrain"]["calibration"]
+    assert calibration["budget_seconds"] == 5.0 and calibration["train_steps"] >= 1
+    assert runs["crammed"]["pretrain"]["final_step"] <= calibration["train_steps"]
+  if name == "multiberts_seeds":
+    variance = stored["summary"]["bert"]["seed_variance"]
+    assert variance["offline_translation"]["pretrain_seeds"] == 2
+    assert variance["offline_translation"]["finetune_seeds"] == 2
+    assert "Seed variance" in md
+  # --out keeps the study's README as it is.
+  readme = EXPERIMENTS / name / "README.md"
+  assert not readme.exists() or str(out) not in readme.read_text()
