@@ -17,6 +17,11 @@ COMPUTE_PLOT = "score_vs_compute.png"
 METRICS_PLOT = "loss_vs_metrics.png"
 
 
+def arm_colors(arms: Sequence[str]) -> dict[str, str]:
+  """One colour per arm, the same in every panel and plot of a study."""
+  return {arm: f"C{i % 10}" for i, arm in enumerate(arms)}
+
+
 def band(curves: Sequence[Sequence[Sequence[float]]]) -> tuple[list[int], list[float], list[float], list[float]]:
   """Steps every seed logged, with the mean and bootstrap interval over seeds at each."""
   if not curves:
@@ -35,6 +40,7 @@ def band(curves: Sequence[Sequence[Sequence[float]]]) -> tuple[list[int], list[f
 def plot_loss_curves(results: Sequence[dict], arm_order: Sequence[str], path: pathlib.Path) -> None:
   """One panel per split (train, eval when logged): each arm's mean curve and CI band."""
   splits = [s for s in ("train", "eval") if any(r["pretrain"]["curves"][s] for r in results)]
+  colors = arm_colors(arm_order)
   fig, axes = plt.subplots(1, max(len(splits), 1), figsize=(6 * max(len(splits), 1), 4),
                            squeeze=False)
   for ax, split in zip(axes[0], splits):
@@ -44,9 +50,9 @@ def plot_loss_curves(results: Sequence[dict], arm_order: Sequence[str], path: pa
       steps, means, lows, highs = band(curves)
       if not steps:
         continue
-      line, = ax.plot(steps, means, marker="." if len(steps) < 30 else None,
-                      label=f"{arm} (n={len(curves)})")
-      ax.fill_between(steps, lows, highs, color=line.get_color(), alpha=0.25)
+      ax.plot(steps, means, marker="." if len(steps) < 30 else None, color=colors[arm],
+              label=f"{arm} (n={len(curves)})")
+      ax.fill_between(steps, lows, highs, color=colors[arm], alpha=0.25)
     ax.set_xlabel("step")
     ax.set_ylabel(f"{split} loss")
     ax.set_title(f"Pretraining {split} loss (mean, 95% CI over seeds)")
@@ -61,6 +67,7 @@ def plot_score_vs_compute(results: Sequence[dict], summary: dict[str, dict],
                           path: pathlib.Path) -> None:
   """Task average vs pretraining tokens and vs pretraining wall time: seeds as dots, mean +- CI."""
   fig, axes = plt.subplots(1, 2, figsize=(12, 4), squeeze=False)
+  colors = arm_colors(list(summary))
   panels = [("tokens", lambda r: r["pretrain"]["tokens"], "pretraining tokens"),
             ("pretrain_wall_seconds", lambda r: r["pretrain"]["wall_seconds"],
              "pretraining wall time (s)")]
@@ -69,12 +76,12 @@ def plot_score_vs_compute(results: Sequence[dict], summary: dict[str, dict],
       runs = [r for r in results if r["arm"] == arm and x_of(r) is not None and r.get("finetune")]
       if not runs or s[key] is None or s["average"] is None:
         continue
-      dots = ax.scatter([x_of(r) for r in runs], [r["finetune"]["average"] for r in runs],
-                        alpha=0.35, s=18)
+      ax.scatter([x_of(r) for r in runs], [r["finetune"]["average"] for r in runs],
+                 alpha=0.35, s=18, color=colors[arm])
       avg = s["average"]
       ax.errorbar([s[key]["mean"]], [avg["mean"]],
                   yerr=[[avg["mean"] - avg["low"]], [avg["high"] - avg["mean"]]],
-                  fmt="o", capsize=4, markersize=8, color=dots.get_facecolor()[0][:3],
+                  fmt="o", capsize=4, markersize=8, color=colors[arm],
                   label=f"{arm} (n={len(runs)})")
     ax.set_xlabel(label)
     ax.set_ylabel("fine-tuning task average (main)")
@@ -91,19 +98,20 @@ def plot_loss_vs_metrics(results: Sequence[dict], summary: dict[str, dict],
                          metrics: Sequence[str], path: pathlib.Path) -> None:
   """One panel per reported metric: final loss against it, seeds as dots, arm means with CIs."""
   fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4), squeeze=False)
+  colors = arm_colors(list(summary))
   for ax, metric in zip(axes[0], metrics):
     for arm, s in summary.items():
       runs = [r for r in results if r["arm"] == arm and r.get("metrics", {}).get(metric) is not None]
       est = s["metrics"].get(metric)
       if not runs or est is None:
         continue
-      dots = ax.scatter([r["metrics"][metric] for r in runs],
-                        [r["pretrain"]["final_loss"] for r in runs], alpha=0.35, s=18)
+      ax.scatter([r["metrics"][metric] for r in runs], [r["pretrain"]["final_loss"] for r in runs],
+                 alpha=0.35, s=18, color=colors[arm])
       loss = s["final_loss"]
       ax.errorbar([est["mean"]], [loss["mean"]],
                   xerr=[[est["mean"] - est["low"]], [est["high"] - est["mean"]]],
                   yerr=[[loss["mean"] - loss["low"]], [loss["high"] - loss["mean"]]],
-                  fmt="o", capsize=4, markersize=8, color=dots.get_facecolor()[0][:3],
+                  fmt="o", capsize=4, markersize=8, color=colors[arm],
                   label=f"{arm} (n={len(runs)})")
     ax.set_xlabel(metric)
     ax.set_ylabel(f"final {next(iter(summary.values()))['final_loss_split']} loss")
