@@ -244,6 +244,7 @@ def _preempt_at_batch(index: int):
   return train_batches
 
 
+@pytest.mark.slow  # ~50 s: keeps the default suite under 12 minutes on 2 cores
 def test_sigterm_mid_seed_saves_and_the_restart_ends_bitwise_equal(tmp_path, mocked_glue,
                                                                     monkeypatch):
   assert threading.current_thread() is threading.main_thread()  # where SIGTERM is handled
