@@ -47,7 +47,3 @@ class TimeBudget:
       return False
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     return bool(np.any(multihost_utils.process_allgather(np.asarray(over))))
-
-  def elapsed(self) -> float:
-    """Seconds since the budget started (0 before the first step finished)."""
-    return 0.0 if self.start is None else time.perf_counter() - self.start
